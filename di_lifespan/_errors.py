@@ -1,0 +1,169 @@
+"""The errors di_lifespan raises, each with structured fields and a one-line message.
+
+Every error derives from ``DiLifespanError``::
+
+    DiLifespanError
+    ├── ConfigurationError          bad arguments to App, a hook or a timeout table
+    ├── LifespanStateError          an action the app's current state does not allow
+    ├── StartupError                the app could not start; what is running was rolled back
+    │   ├── GraphError              the dependency graph is invalid (dishka's explanation kept)
+    │   ├── StartupTimeoutError     a resource or hook took longer than its time limit
+    │   └── DependencyError         a hook asks for something nobody provides at APP scope
+    ├── ShutdownError               (also an ExceptionGroup) every failure of one shutdown
+    └── ShutdownStepError           one failed step inside a ShutdownError
+        └── ShutdownTimeoutError    a finalizer or hook that outlived its time limit
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Self
+
+from pydantic import ValidationError
+
+__all__ = [
+    "ConfigurationError",
+    "DependencyError",
+    "DiLifespanError",
+    "GraphError",
+    "LifespanStateError",
+    "ShutdownError",
+    "ShutdownStepError",
+    "ShutdownTimeoutError",
+    "StartupError",
+    "StartupTimeoutError",
+]
+
+
+class DiLifespanError(Exception):
+    """The root of every error di_lifespan raises."""
+
+
+class ConfigurationError(DiLifespanError):
+    """An argument given to di_lifespan is wrong; nothing has started."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        self.where = where
+        self.problem = problem
+        super().__init__(where, problem)
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.problem}"
+
+
+class LifespanStateError(DiLifespanError):
+    """The app was asked to do something its current state does not allow."""
+
+    def __init__(self, action: str, state: str) -> None:
+        self.action = action
+        self.state = state
+        super().__init__(action, state)
+
+    def __str__(self) -> str:
+        return f"cannot {self.action}: the app is {self.state}"
+
+
+class StartupError(DiLifespanError):
+    """The app could not start; everything that had started was shut down again.
+
+    ``what`` names the failing part ("resource Model", "on_startup hook warm_up"),
+    ``path`` the chain of resources that needed it, outermost first, and the cause is
+    chained as ``__cause__``.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        reason: str,
+        *,
+        path: Sequence[str] = (),
+    ) -> None:
+        self.what = what
+        self.reason = reason
+        self.path = tuple(path)
+        super().__init__(what, reason, self.path)
+
+    def __str__(self) -> str:
+        text = f"{self.what} failed to start: {self.reason}"
+        if len(self.path) > 1:
+            text += f" (dependency path: {' -> '.join(self.path)})"
+        return text
+
+
+class GraphError(StartupError):
+    """The providers do not form a valid graph: a missing factory, a cycle, a scope mismatch."""
+
+    def __init__(self, explanation: str) -> None:
+        super().__init__("the dependency graph", explanation)
+
+    def __str__(self) -> str:
+        return f"invalid dependency graph: {self.reason}"
+
+
+class StartupTimeoutError(StartupError):
+    """A resource or startup hook did not finish within its time limit and was cancelled."""
+
+    def __init__(self, what: str, timeout: float, *, path: Sequence[str] = ()) -> None:
+        self.timeout = timeout
+        super().__init__(what, f"did not finish within {timeout:g} s", path=path)
+
+
+class DependencyError(StartupError):
+    """A hook parameter asks for a type that no provider gives at APP scope."""
+
+    def __init__(self, what: str, parameter: str, reason: str) -> None:
+        self.parameter = parameter
+        super().__init__(what, f"parameter {parameter!r} {reason}")
+
+
+class ShutdownStepError(DiLifespanError):
+    """One step of a shutdown failed: a finalizer, a hook or the user's lifespan."""
+
+    def __init__(self, step: str, reason: str) -> None:
+        self.step = step
+        self.reason = reason
+        super().__init__(step, reason)
+
+    def __str__(self) -> str:
+        return f"{self.step} failed: {self.reason}"
+
+
+class ShutdownTimeoutError(ShutdownStepError):
+    """A finalizer or shutdown hook outlived its time limit; it was cancelled or left behind."""
+
+    def __init__(self, step: str, timeout: float) -> None:
+        self.timeout = timeout
+        super().__init__(step, f"did not finish within {timeout:g} s")
+
+
+class ShutdownError(DiLifespanError, ExceptionGroup[ShutdownStepError]):
+    """Every failed step of one shutdown, together; all the other steps still ran."""
+
+    def __new__(cls, message: str, errors: Sequence[ShutdownStepError]) -> Self:
+        return super().__new__(cls, message, errors)
+
+    def __init__(self, message: str, errors: Sequence[ShutdownStepError]) -> None:
+        super().__init__(message, errors)
+
+    def derive(self, excs: Sequence[ShutdownStepError]) -> ShutdownError:  # type: ignore[override]  # narrower element type than ExceptionGroup's
+        return ShutdownError(self.message, excs)
+
+    def __str__(self) -> str:
+        steps = "; ".join(str(error) for error in self.exceptions)
+        return f"{self.message}: {steps}"
+
+
+def describe(error: BaseException) -> str:
+    """Return ``Type: message`` for an error, the way log lines and reports show a cause.
+
+    A pydantic ValidationError becomes one line naming each wrong field.
+    """
+    if isinstance(error, ValidationError):
+        fields = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc']) or '(value)'}: {item['msg']}"
+            f" (got {item['input']!r})"
+            for item in error.errors()
+        )
+        return f"{error.title} is invalid: {fields}"
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -1,0 +1,85 @@
+"""The error hierarchy: one root, structured fields, one-line messages."""
+
+from __future__ import annotations
+
+import pydantic
+import pytest
+
+import di_lifespan
+from di_lifespan import (
+    ConfigurationError,
+    DependencyError,
+    DiLifespanError,
+    GraphError,
+    LifespanStateError,
+    ShutdownError,
+    ShutdownStepError,
+    ShutdownTimeoutError,
+    StartupError,
+    StartupTimeoutError,
+)
+from di_lifespan._errors import describe
+
+
+def test_every_public_error_derives_from_the_root() -> None:
+    """Every exception class di_lifespan exports is a DiLifespanError."""
+    exported = [getattr(di_lifespan, name) for name in di_lifespan.__all__]
+    errors = [item for item in exported if isinstance(item, type) and issubclass(item, Exception)]
+    assert len(errors) == 10
+    assert all(issubclass(error, DiLifespanError) for error in errors)
+
+
+def test_the_tree_in_the_docstring_matches_the_classes() -> None:
+    """The tree drawn in _errors' docstring names each class under its real parent."""
+    assert issubclass(GraphError, StartupError)
+    assert issubclass(StartupTimeoutError, StartupError)
+    assert issubclass(DependencyError, StartupError)
+    assert issubclass(ShutdownTimeoutError, ShutdownStepError)
+    assert issubclass(ShutdownError, ExceptionGroup)
+    docstring = di_lifespan._errors.__doc__ or ""
+    for name in ("ConfigurationError", "LifespanStateError", "GraphError", "ShutdownTimeoutError"):
+        assert name in docstring
+
+
+@pytest.mark.parametrize(
+    ("error", "text"),
+    [
+        (ConfigurationError("App(x=...)", "bad"), "App(x=...): bad"),
+        (LifespanStateError("stop the app", "stopped"), "cannot stop the app: the app is stopped"),
+        (
+            StartupError("resource Model", "OSError: gone", path=("Predictor", "Model")),
+            "resource Model failed to start: OSError: gone (dependency path: Predictor -> Model)",
+        ),
+        (
+            StartupTimeoutError("resource Model", 2.5),
+            "resource Model failed to start: did not finish within 2.5 s",
+        ),
+        (
+            DependencyError("after_startup hook f", "x", "asks for Y"),
+            "after_startup hook f failed to start: parameter 'x' asks for Y",
+        ),
+        (
+            ShutdownTimeoutError("finalizer of Db", 3),
+            "finalizer of Db failed: did not finish within 3 s",
+        ),
+    ],
+)
+def test_messages_are_one_line_a_person_can_act_on(error: DiLifespanError, text: str) -> None:
+    """Each error's str() is the documented one-line message."""
+    assert str(error) == text
+    assert "\n" not in str(error)
+
+
+def test_a_validation_error_is_described_on_one_line_naming_each_field() -> None:
+    """describe() turns a pydantic ValidationError into one line naming the wrong fields."""
+
+    class Body(pydantic.BaseModel):
+        width: float
+        name: str
+
+    with pytest.raises(pydantic.ValidationError) as caught:
+        Body.model_validate({"width": "wide"})
+    assert describe(caught.value) == (
+        "Body is invalid: width: Input should be a valid number, unable to parse string as a "
+        "number (got 'wide'); name: Field required (got {'width': 'wide'})"
+    )

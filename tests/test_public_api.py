@@ -1,0 +1,51 @@
+"""The public surface changes only on purpose."""
+
+from __future__ import annotations
+
+import dishka
+
+import di_lifespan
+
+EXPECTED = {
+    "App",
+    "AppState",
+    "ConfigurationError",
+    "DependencyError",
+    "DiLifespanError",
+    "FromDishka",
+    "GraphError",
+    "LifespanStateError",
+    "Outcome",
+    "Provider",
+    "ResourceStart",
+    "Scope",
+    "ShutdownError",
+    "ShutdownStepError",
+    "ShutdownTimeoutError",
+    "StartupError",
+    "StartupReport",
+    "StartupTimeoutError",
+    "from_context",
+    "provide",
+}
+
+
+def test_the_public_names_are_exactly_the_expected_ones() -> None:
+    """__all__ lists exactly the contract; adding or dropping a name must update this test."""
+    assert set(di_lifespan.__all__) == EXPECTED
+    assert sorted(di_lifespan.__all__) == di_lifespan.__all__
+
+
+def test_every_public_name_is_importable() -> None:
+    """Each name in __all__ exists on the package."""
+    for name in di_lifespan.__all__:
+        assert getattr(di_lifespan, name) is not None
+
+
+def test_dishka_names_are_dishkas_own() -> None:
+    """Provider, provide, Scope, FromDishka and from_context are dishka's, re-exported."""
+    assert di_lifespan.Provider is dishka.Provider
+    assert di_lifespan.provide is dishka.provide
+    assert di_lifespan.Scope is dishka.Scope
+    assert di_lifespan.FromDishka is dishka.FromDishka
+    assert di_lifespan.from_context is dishka.from_context

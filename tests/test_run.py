@@ -1,0 +1,68 @@
+"""app.run(): SIGTERM or SIGINT stops gracefully, a second SIGINT exits at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start(mode: str) -> subprocess.Popen[str]:
+    """Start tests/apps/signalled.py in the given mode."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.apps.signalled", mode],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def read_until(process: subprocess.Popen[str], line: str) -> None:
+    """Read the child's stdout until ``line``; fail if the child exits first."""
+    assert process.stdout is not None
+    for received in process.stdout:
+        if received.strip() == line:
+            return
+    errors = process.stderr.read() if process.stderr else ""
+    pytest.fail(f"the app exited before printing {line!r}: {errors}")
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_app_gracefully(signal_number: int) -> None:
+    """SIGTERM or SIGINT runs the whole shutdown, finalizers included, and exits with 0."""
+    process = start("ok")
+    read_until(process, "ready")
+    process.send_signal(signal_number)
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert stdout.splitlines() == ["finalizer started", "finalizer done"]
+    assert "stopping gracefully" in stderr
+
+
+def test_a_second_interrupt_exits_at_once() -> None:
+    """While a finalizer hangs, a second SIGINT cuts the shutdown short: exit status 130."""
+    process = start("hang")
+    read_until(process, "ready")
+    process.send_signal(signal.SIGINT)
+    read_until(process, "finalizer started")
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130, stderr
+    assert "second interrupt" in stderr
+    assert "finalizer of Pool failed: RuntimeError: the finalizer was cancelled" in stderr
+
+
+def test_a_failed_start_prints_one_line_and_exits_with_1() -> None:
+    """A broken resource stops app.run() with an error line naming it, exit status 1."""
+    process = start("broken")
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert "resource Pool failed to start: ConnectionRefusedError: db:5432" in stderr
