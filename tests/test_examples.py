@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_lifespan_demo_classifies_and_cleans_up(tmp_path: Path) -> None:
-    """make demo's program starts, classifies three flowers, and finalizes its resources."""
+    """The demo program starts, classifies three flowers, and finalizes its resources."""
     log = tmp_path / "predictions.log"
     result = subprocess.run(
         [sys.executable, "-m", "examples.lifespan_demo"],
