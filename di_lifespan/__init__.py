@@ -7,8 +7,11 @@ concurrently and each within a time limit, and finalizes them in reverse order a
 from dishka import FromDishka, Provider, Scope, from_context, provide
 
 from ._app import App, AppState
+from ._broker import Broker, Consumer, Subscription
+from ._delivery import DEAD_LETTER_HEADERS, Outgoing, Publisher
 from ._errors import (
     ConfigurationError,
+    DeliveryError,
     DependencyError,
     DiLifespanError,
     GraphError,
@@ -19,20 +22,34 @@ from ._errors import (
     StartupError,
     StartupTimeoutError,
 )
+from ._handlers import Retry
+from ._memory import MemoryBroker
+from ._message import Message
 from ._report import Outcome, ResourceStart, StartupReport
+from ._router import Router
 
 __all__ = [
+    "DEAD_LETTER_HEADERS",
     "App",
     "AppState",
+    "Broker",
     "ConfigurationError",
+    "Consumer",
+    "DeliveryError",
     "DependencyError",
     "DiLifespanError",
     "FromDishka",
     "GraphError",
     "LifespanStateError",
+    "MemoryBroker",
+    "Message",
     "Outcome",
+    "Outgoing",
     "Provider",
+    "Publisher",
     "ResourceStart",
+    "Retry",
+    "Router",
     "Scope",
     "ShutdownError",
     "ShutdownStepError",
@@ -40,6 +57,7 @@ __all__ = [
     "StartupError",
     "StartupReport",
     "StartupTimeoutError",
+    "Subscription",
     "from_context",
     "provide",
 ]

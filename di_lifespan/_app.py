@@ -17,6 +17,8 @@ from dishka import AsyncContainer, Provider, Scope
 from dishka.provider import BaseProvider
 from pydantic import BaseModel
 
+from ._broker import Broker
+from ._brokers import broker_from
 from ._errors import (
     ConfigurationError,
     LifespanStateError,
@@ -24,9 +26,12 @@ from ._errors import (
     ShutdownStepError,
     StartupError,
 )
+from ._handlers import Retry
 from ._hooks import Hook
 from ._lifespan import LifespanPlan, LifespanRun
+from ._message import Headers
 from ._report import StartupReport
+from ._router import DEFAULT_DEAD_LETTER, DEFAULT_RETRY, Router
 from ._settings import settings_provider
 
 __all__ = ["App", "AppState"]
@@ -38,6 +43,7 @@ HookFunc = TypeVar("HookFunc", bound=Callable[..., Any])
 _STAGES = ("on_startup", "after_startup", "on_shutdown", "after_shutdown")
 DEFAULT_STARTUP_TIMEOUT = 60.0
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+DEFAULT_GRACEFUL_TIMEOUT = 30.0
 
 
 class AppState(enum.StrEnum):
@@ -61,11 +67,13 @@ class App:
     def __init__(
         self,
         *providers: BaseProvider,
+        broker: str | Broker | None = None,
         settings: type[BaseModel] | None = None,
         context: Mapping[type, Any] | None = None,
         lifespan: Callable[[App], AbstractAsyncContextManager[Any]] | None = None,
         startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+        graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT,
         startup_timeouts: Mapping[Any, float] | None = None,
         env_file: str | Path | None = None,
     ) -> None:
@@ -83,6 +91,10 @@ class App:
         self._lifespan = lifespan
         self.startup_timeout = _seconds("App(startup_timeout=...)", startup_timeout)
         self.shutdown_timeout = _seconds("App(shutdown_timeout=...)", shutdown_timeout)
+        self.graceful_timeout = _seconds("App(graceful_timeout=...)", graceful_timeout)
+        self.broker = broker_from(broker)
+        self._router = Router()
+        self._router.attach(self)
         self._startup_timeouts = {
             type_hint: _seconds(f"App(startup_timeouts=...) entry {type_hint!r}", value)
             for type_hint, value in (startup_timeouts or {}).items()
@@ -96,6 +108,51 @@ class App:
         self._last_report: StartupReport | None = None
         self._shutdown_failures: list[ShutdownStepError] = []
         self._forced_stop = False
+
+    # --- handlers and publishing ----------------------------------------------------------
+
+    def subscriber(
+        self,
+        topic: str,
+        *more_topics: str,
+        group: str | None = None,
+        retry: Retry | None = DEFAULT_RETRY,
+        dead_letter: str | None = DEFAULT_DEAD_LETTER,
+        max_concurrency: int = 1,
+    ) -> Callable[[HookFunc], HookFunc]:
+        """Handle the messages of ``topic``: see ``Router.subscriber``."""
+        return self._router.subscriber(
+            topic,
+            *more_topics,
+            group=group,
+            retry=retry,
+            dead_letter=dead_letter,
+            max_concurrency=max_concurrency,
+        )
+
+    def publisher(self, topic: str) -> Callable[[HookFunc], HookFunc]:
+        """Publish the decorated function's return value to ``topic``: see ``Router.publisher``."""
+        return self._router.publisher(topic)
+
+    def include_router(self, router: Router) -> None:
+        """Add the handlers and publishers of ``router`` to the app."""
+        self._router.include_router(router)
+
+    async def publish(
+        self,
+        topic: str,
+        value: Any,
+        *,
+        key: str | bytes | None = None,
+        headers: Headers | None = None,
+    ) -> None:
+        """Publish ``value`` to ``topic`` and wait for the broker's acknowledgement.
+
+        ``bytes`` are sent as they are, ``str`` as UTF-8, anything else as JSON.
+        """
+        if self._run is None or self._state is AppState.STOPPED:
+            raise LifespanStateError("publish", str(self._state))
+        await self._run.publisher.publish(topic, value, key=key, headers=headers)
 
     # --- hooks ---------------------------------------------------------------------------
 
@@ -172,7 +229,8 @@ class App:
             self._run = None
             self._state = AppState.STOPPED
         self._shutdown_failures = failures
-        if failures and exc is None:
+        # A subscriber that crashed cancelled the body: its error replaces that cancellation.
+        if failures and (exc is None or run.crashes):
             raise ShutdownError("the app stopped with errors", failures)
 
     def _plan(self) -> LifespanPlan:
@@ -187,8 +245,12 @@ class App:
             context=self._context,
             lifespan=self._lifespan,
             hooks={stage: tuple(hooks) for stage, hooks in self._hooks.items()},
+            handlers=tuple(self._router.all_handlers()),
+            publishing=tuple(self._router.all_publishing()),
+            broker=self.broker,
             startup_timeout=self.startup_timeout,
             shutdown_timeout=self.shutdown_timeout,
+            graceful_timeout=self.graceful_timeout,
             startup_timeouts=self._startup_timeouts,
         )
 

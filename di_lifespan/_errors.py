@@ -9,6 +9,7 @@ Every error derives from ``DiLifespanError``::
     │   ├── GraphError              the dependency graph is invalid (dishka's explanation kept)
     │   ├── StartupTimeoutError     a resource or hook took longer than its time limit
     │   └── DependencyError         a hook asks for something nobody provides at APP scope
+    ├── DeliveryError               a subscriber stopped: its transport failed under it
     ├── ShutdownError               (also an ExceptionGroup) every failure of one shutdown
     └── ShutdownStepError           one failed step inside a ShutdownError
         └── ShutdownTimeoutError    a finalizer or hook that outlived its time limit
@@ -23,6 +24,7 @@ from pydantic import ValidationError
 
 __all__ = [
     "ConfigurationError",
+    "DeliveryError",
     "DependencyError",
     "DiLifespanError",
     "GraphError",
@@ -114,6 +116,21 @@ class DependencyError(StartupError):
     def __init__(self, what: str, parameter: str, reason: str) -> None:
         self.parameter = parameter
         super().__init__(what, f"parameter {parameter!r} {reason}")
+
+
+class DeliveryError(DiLifespanError):
+    """A subscriber stopped because its transport failed (a send or commit that cannot succeed).
+
+    Its uncommitted messages are read again by the next consumer of the group.
+    """
+
+    def __init__(self, subscriber: str, reason: str) -> None:
+        self.subscriber = subscriber
+        self.reason = reason
+        super().__init__(subscriber, reason)
+
+    def __str__(self) -> str:
+        return f"subscriber {self.subscriber} stopped: {self.reason}"
 
 
 class ShutdownStepError(DiLifespanError):

@@ -8,16 +8,16 @@ eagerly, and in which order they may be created concurrently.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from dishka import AsyncContainer, DependencyKey, Scope
+from dishka import AsyncContainer, BaseScope, DependencyKey, Scope
 from dishka.dependency_source import Factory
 from dishka.entities.factory_type import FactoryType
 from dishka.registry import Registry
 from dishka.text_rendering import get_name
 
-__all__ = ["ResourceGraph", "ResourceNode", "key_name"]
+__all__ = ["ResourceGraph", "ResourceNode", "key_name", "scope_of"]
 
 # Factory types whose result is a resource worth creating at startup. VALUE has nothing to
 # set up, CONTEXT comes from outside, ALIAS only points at another factory.
@@ -57,7 +57,11 @@ class ResourceGraph:
     inside the node that reaches them, so that each factory is created exactly once.
     """
 
-    def __init__(self, container: AsyncContainer) -> None:
+    def __init__(
+        self,
+        container: AsyncContainer,
+        roots: Mapping[str, Iterable[DependencyKey]] | None = None,
+    ) -> None:
         self._registry: Registry = container.registry
         self._factories = _long_lived_factories(container)
         variants = {
@@ -79,6 +83,12 @@ class ResourceGraph:
         for node in self.nodes.values():
             for needed in sorted(node.requires, key=list(self.nodes).index):
                 self._dependents[needed].append(node.key)
+        # What uses the resources from outside the graph (handlers), to name in paths.
+        self._users: dict[DependencyKey, list[str]] = {}
+        for user, keys in (roots or {}).items():
+            for key in keys:
+                for node_key in self.nodes_for(key):
+                    self._users.setdefault(node_key, []).append(user)
 
     def provides(self, key: DependencyKey) -> bool:
         """Whether a RUNTIME or APP factory gives this key."""
@@ -95,7 +105,9 @@ class ResourceGraph:
         chain = [key]
         while dependents := self._dependents.get(chain[-1]):
             chain.append(dependents[0])
-        return tuple(self.nodes[k].name for k in reversed(chain))
+        names = [self.nodes[k].name for k in reversed(chain)]
+        users = self._users.get(chain[-1])
+        return (users[0], *names) if users else tuple(names)
 
     def _reachable_nodes(
         self,
@@ -182,3 +194,19 @@ def _dependency_order(
             placed.add(key)
         pending = [key for key in pending if key not in placed]
     return ordered
+
+
+def scope_of(container: AsyncContainer, key: DependencyKey) -> BaseScope | None:
+    """The scope whose registry provides ``key``, looking at every scope; None if none does."""
+    registry: Registry | None = _root(container).registry
+    while registry is not None:
+        if key in registry.factories:
+            return registry.scope
+        registry = registry.child_registry
+    return None
+
+
+def _root(container: AsyncContainer) -> AsyncContainer:
+    while container.parent_container is not None:
+        container = container.parent_container
+    return container

@@ -1,11 +1,15 @@
 """One run of an app's lifespan: startup in order, and the shutdown of exactly what started.
 
-Startup: build the container (graph validated, nothing started) → enter the user's
-``lifespan=`` context manager → ``on_startup`` hooks → every long-lived resource, concurrently
-→ ``after_startup`` hooks. A failure at any step shuts down what had started and raises
-StartupError. Shutdown: ``on_shutdown`` hooks (reverse order) → ``after_shutdown`` hooks
-(reverse order) → the user's context manager exits → the finalizers, in reverse creation
-order. Every shutdown step runs even when an earlier one failed.
+Startup: build the container (graph and handler signatures checked, nothing started) → enter
+the user's ``lifespan=`` context manager → ``on_startup`` hooks → every long-lived resource,
+concurrently → bind the handlers (their APP dependencies resolved once) → start the broker and
+one subscriber loop per handler → ``after_startup`` hooks. A failure at any step shuts down
+what had started and raises StartupError.
+
+Shutdown: ``on_shutdown`` hooks (reverse order) → subscribers stop fetching, finish the message
+in hand and commit (within ``graceful_timeout``) → the broker flushes and stops →
+``after_shutdown`` hooks (reverse order) → the user's context manager exits → the finalizers,
+in reverse creation order. Every step runs even when an earlier one failed.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from functools import partial
 from typing import Any
 
 import anyio
-from dishka import AsyncContainer, DependencyKey, make_async_container
+from dishka import AsyncContainer, DependencyKey, Provider, Scope, make_async_container
 from dishka.exception_base import DishkaError
 from dishka.provider import BaseProvider
 
+from ._broker import Broker
+from ._delivery import Publisher, Subscribers
 from ._errors import (
     ConfigurationError,
     DependencyError,
@@ -32,10 +38,13 @@ from ._errors import (
     StartupTimeoutError,
     describe,
 )
-from ._graph import ResourceGraph, key_name
+from ._graph import ResourceGraph, key_name, scope_of
+from ._handlers import BoundHandler, HandlerSpec
 from ._hooks import Hook
+from ._message import Message
 from ._report import StartupReport
 from ._resources import Limits, ResourceSet
+from ._router import PublishingFunction, check_publishing
 
 __all__ = ["LifespanPlan", "LifespanRun"]
 
@@ -53,8 +62,12 @@ class LifespanPlan:
     context: Mapping[Any, Any]
     lifespan: LifespanFactory | None
     hooks: Mapping[str, Sequence[Hook]]
+    handlers: Sequence[HandlerSpec]
+    publishing: Sequence[PublishingFunction]
+    broker: Broker
     startup_timeout: float
     shutdown_timeout: float
+    graceful_timeout: float
     startup_timeouts: Mapping[Any, float]
 
 
@@ -68,7 +81,12 @@ class LifespanRun:
         self._resources: ResourceSet | None = None
         self._user_lifespan: AbstractAsyncContextManager[Any] | None = None
         self._ready = False
-        self._stop_scope = anyio.CancelScope(shield=True)
+        self._forced = False
+        self._stop_scopes: list[anyio.CancelScope] = []
+        self.publisher = Publisher(plan.broker)
+        self._broker_started = False
+        self._subscribers = Subscribers()
+        self.crashes: list[ShutdownStepError] = []
 
     # --- startup -------------------------------------------------------------------------
 
@@ -93,21 +111,32 @@ class LifespanRun:
         await self._enter_user_lifespan()
         await self._run_startup_hooks("on_startup", resources)
         await resources.start_all()
+        handlers = await self._bind_handlers()
+        await self._start_broker(handlers)
         await self._run_startup_hooks("after_startup", resources)
 
     def _build(self) -> ResourceSet:
         plan = self._plan
+        check_publishing(list(plan.publishing))
         try:
             container = make_async_container(
                 *plan.providers,
-                context=dict(plan.context),
+                _framework_provider(),
+                context={**plan.context, Publisher: self.publisher},
                 lock_factory=None,  # resources are created by ResourceSet, in dependency order
             )
         except DishkaError as error:
             raise GraphError(str(error)) from error
         self.container = container
-        graph = ResourceGraph(container)
+        graph = self._graph = ResourceGraph(
+            container,
+            roots={
+                f"handler {spec.name}": spec.signature.dependencies.values()
+                for spec in plan.handlers
+            },
+        )
         self._check_hooks(graph)
+        self._check_handlers(container, graph)
         limits = Limits(
             plan.startup_timeout,
             plan.shutdown_timeout,
@@ -128,6 +157,27 @@ class LifespanRun:
                             f"asks for {key_name(key)}, which no provider gives at APP scope"
                             " (hooks run outside any message, so REQUEST scope is not open)",
                         )
+
+    def _check_handlers(self, container: AsyncContainer, graph: ResourceGraph) -> None:
+        for spec in self._plan.handlers:
+            for parameter, key in spec.signature.dependencies.items():
+                if not graph.provides(key) and scope_of(container, key) is None:
+                    raise DependencyError(
+                        f"handler {spec.name}",
+                        parameter,
+                        f"asks for {key_name(key)}, which no provider gives",
+                    )
+
+    async def _bind_handlers(self) -> list[BoundHandler]:
+        container = self._built_container()
+        return [await spec.bind(container, self._graph) for spec in self._plan.handlers]
+
+    async def _start_broker(self, handlers: list[BoundHandler]) -> None:
+        broker = self._plan.broker
+        await self._bounded_start(f"the broker ({broker.url})", broker.start)
+        self._broker_started = True
+        # Not under _bounded_start: the subscribers' task group must outlive this call.
+        await self._subscribers.start(broker, self.publisher, handlers, self._plan.startup_timeout)
 
     async def _enter_user_lifespan(self) -> None:
         factory = self._plan.lifespan
@@ -160,6 +210,10 @@ class LifespanRun:
 
     async def _roll_back(self, error: BaseException) -> None:
         failures = await self._stop_steps(error)
+        if isinstance(error, anyio.get_cancelled_exc_class()) and self.crashes:
+            # The cancellation came from a subscriber that crashed while the app was starting.
+            crash = self.crashes[0]
+            raise StartupError(crash.step, crash.reason) from crash.__cause__
         if isinstance(error, StartupError):
             for failure in failures:
                 error.add_note(f"while rolling back: {failure}")
@@ -172,22 +226,47 @@ class LifespanRun:
 
     def force_stop(self) -> None:
         """Cancel whatever shutdown step is running and every step after it."""
-        self._stop_scope.cancel()
+        self._forced = True
+        for scope in self._stop_scopes:
+            scope.cancel()
+
+    def _shielded(self) -> anyio.CancelScope:
+        """A scope a cancelled caller cannot interrupt, but force_stop() can."""
+        scope = anyio.CancelScope(shield=True)
+        if self._forced:
+            scope.cancel()
+        self._stop_scopes.append(scope)
+        return scope
 
     async def _stop_steps(self, exception: BaseException | None) -> list[ShutdownStepError]:
+        failures: list[ShutdownStepError] = []
+        with self._shielded():
+            if self._ready:
+                failures += await self._run_shutdown_hooks("on_shutdown")
+            await self._subscribers.stop(self._plan.graceful_timeout)
+        # Outside the shield: the subscribers' task group was entered before it.
+        self.crashes = await self._subscribers.close(exception)
+        failures += self.crashes
         # A graceful stop arrives as a cancellation; the resources see a clean exit.
         if isinstance(exception, anyio.get_cancelled_exc_class()):
             exception = None
-        failures: list[ShutdownStepError] = []
-        with self._stop_scope:  # shielded: a cancelled caller still gets a complete shutdown
+        with self._shielded():
+            failures += await self._stop_broker()
             if self._ready:
-                failures += await self._run_shutdown_hooks("on_shutdown")
                 failures += await self._run_shutdown_hooks("after_shutdown")
             failures += await self._exit_user_lifespan(exception)
             if self._resources is not None:
                 failures += await self._resources.close(exception)
         self._ready = False
         return failures
+
+    async def _stop_broker(self) -> list[ShutdownStepError]:
+        if not self._broker_started:
+            return []
+        self._broker_started = False
+        broker = self._plan.broker
+        failure = await self._bounded_stop(f"the broker ({broker.url})", broker.stop)
+        return [] if failure is None else [failure]
 
     async def _run_shutdown_hooks(self, stage: str) -> list[ShutdownStepError]:
         container = self._built_container()
@@ -249,3 +328,11 @@ def _per_resource_limits(
             )
         by_key[key] = seconds
     return by_key
+
+
+def _framework_provider() -> Provider:
+    """What the app itself provides: the Publisher (APP) and the incoming Message (REQUEST)."""
+    provider = Provider()
+    provider.from_context(provides=Publisher, scope=Scope.APP)
+    provider.from_context(provides=Message, scope=Scope.REQUEST)
+    return provider

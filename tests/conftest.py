@@ -13,17 +13,16 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> None:
+    """Mark every coroutine test for anyio before anyio's own plugin looks for the mark."""
+    if name.startswith("test") and inspect.iscoroutinefunction(obj):
+        pytest.mark.anyio(obj)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every coroutine test for anyio, and refuse tests without a docstring."""
+    """Refuse tests without a docstring: each one says the behaviour it pins."""
     for item in items:
         function = getattr(item, "function", None)
-        if function is None:
-            continue
-        if not (function.__doc__ or "").strip():
+        if function is not None and not (function.__doc__ or "").strip():
             raise pytest.UsageError(f"{item.nodeid}: every test needs a one-line docstring")
-        if _is_coroutine(function):
-            item.add_marker(pytest.mark.anyio)
-
-
-def _is_coroutine(function: object) -> bool:
-    return inspect.iscoroutinefunction(function)

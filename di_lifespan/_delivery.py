@@ -1,0 +1,412 @@
+"""At-least-once delivery: fetch a batch, handle each message, publish, then commit.
+
+Per subscriber, one loop: fetch a batch from the consumer; hand each message to the handler
+(partition by partition, in offset order; up to ``max_concurrency`` partitions at once);
+publish what the handler returned; retry a failing handler with backoff, then send the message
+to the dead-letter topic; once every message the batch caused is acknowledged, commit the batch's
+offsets. A message whose handling did not finish is never committed, so it is read again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+from tenacity import AsyncRetrying, RetryCallState, stop_after_attempt, wait_exponential
+
+from ._broker import Broker, Consumer, Delivery, Subscription, TopicPartition
+from ._codec import encode_headers, encode_key, encode_value
+from ._errors import (
+    DeliveryError,
+    ShutdownStepError,
+    StartupError,
+    StartupTimeoutError,
+    describe,
+)
+from ._handlers import BoundHandler, InvalidBodyError
+from ._message import Headers, Message
+
+__all__ = [
+    "DEAD_LETTER_HEADERS",
+    "Outgoing",
+    "Publisher",
+    "SubscriberLoop",
+    "Subscribers",
+]
+
+logger = logging.getLogger("di_lifespan")
+
+# The acknowledgements the message being handled is waiting for, set per subscriber loop.
+_pending: ContextVar[list[Delivery] | None] = ContextVar("di_lifespan_pending", default=None)
+
+DEAD_LETTER_HEADERS = {
+    "error_type": "x-error-type",
+    "error": "x-error",
+    "topic": "x-original-topic",
+    "partition": "x-original-partition",
+    "offset": "x-original-offset",
+    "attempts": "x-attempts",
+}
+MAX_RECORDS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A value to publish with a key or headers of its own: return it from a handler."""
+
+    value: Any
+    key: str | bytes | None = None
+    headers: Headers | None = None
+
+
+class Publisher:
+    """Publishes messages: inject it as ``FromDishka[Publisher]``, or use ``app.publish``.
+
+    Inside a handler a send is pipelined: the incoming message's offset is committed only
+    once the broker has acknowledged it. Anywhere else ``publish`` waits for the
+    acknowledgement.
+    """
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+
+    async def publish(
+        self,
+        topic: str,
+        value: Any,
+        *,
+        key: str | bytes | None = None,
+        headers: Headers | None = None,
+    ) -> None:
+        """Send ``value`` (bytes as they are, str as UTF-8, anything else as JSON)."""
+        delivery = await self._broker.send(
+            topic,
+            encode_value(value),
+            key=encode_key(key),
+            headers=encode_headers(headers),
+        )
+        if delivery is None:
+            return
+        pending = _pending.get()
+        if pending is None:
+            await delivery
+        else:
+            pending.append(delivery)
+
+
+class SubscriberLoop:
+    """Reads one subscriber's consumer until stopped, and delivers each message to its handler.
+
+    With ``max_concurrency`` 1, each fetched batch is handled in order, then committed. Above
+    1, each partition gets a queue and a worker; up to ``max_concurrency`` workers run at
+    once, a partition's messages stay in order, and a worker commits what is done whenever
+    its queue runs dry, so a slow partition holds up no other.
+    """
+
+    def __init__(
+        self, handler: BoundHandler, consumer: Consumer, publisher: Publisher, broker: Broker
+    ) -> None:
+        spec = handler.spec
+        self.name = spec.name
+        self._handler = handler
+        self._consumer = consumer
+        self._publisher = publisher
+        self._broker = broker
+        self._publish_to = tuple(spec.publish_to)
+        self._retry = spec.retry
+        self._dead_letter = spec.dead_letter
+        self.concurrency = spec.max_concurrency
+        self._deliveries: list[Delivery] = []
+        self._done: dict[TopicPartition, int] = {}
+        self._settling = anyio.Lock()
+        self._stopping = False
+        self.finished = anyio.Event()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Deliver messages until stop(); always leave the consumer group at the end."""
+        _pending.set(self._deliveries)
+        task_status.started()
+        try:
+            if self.concurrency == 1:
+                await self._run_in_order()
+            else:
+                await _PartitionWorkers(self).run()
+            await self.settle()
+        except Exception as error:
+            raise DeliveryError(self.name, describe(error)) from error
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._consumer.close()
+            self.finished.set()
+
+    def stop(self) -> None:
+        """Finish the message in hand, commit, and return; the rest is read again later."""
+        self._stopping = True
+        self._consumer.stop()
+
+    async def fetch(self) -> Sequence[Message]:
+        return await self._consumer.fetch(MAX_RECORDS)
+
+    async def _run_in_order(self) -> None:
+        while batch := await self.fetch():
+            for message in batch:
+                if self._stopping:
+                    break
+                await self.deliver(message)
+            await self.settle()
+
+    async def deliver(self, message: Message) -> None:
+        """Handle one message to its end (result published, or dead-lettered), mark it done."""
+        await self._deliver(message)
+        self._done[(message.topic, message.partition)] = message.offset + 1
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    async def settle(self) -> None:
+        """Wait for the acknowledgement of every message sent so far, then commit what is done."""
+        async with self._settling:
+            done = self._done.copy()
+            self._done.clear()
+            if self._deliveries:
+                deliveries = self._deliveries[:]
+                self._deliveries.clear()
+                for delivery in deliveries:
+                    await delivery
+            if done:
+                await self._consumer.commit(done)
+
+    async def _deliver(self, message: Message) -> None:
+        try:
+            await self._attempt(message)
+        except InvalidBodyError as error:
+            await self._give_up(message, error, reason=f"has an invalid body: {error.reason}")
+        except Exception as error:  # noqa: BLE001  # a handler's failure is retried, then dead-lettered
+            if self._retry is not None and self._retry.attempts > 1:
+                await self._retry_from(message, error)
+            else:
+                await self._give_up(message, error, reason=f"failed: {describe(error)}")
+
+    async def _attempt(self, message: Message) -> None:
+        result = await self._handler(message)
+        if result is None:
+            return
+        if isinstance(result, Outgoing):
+            value, key, headers = result.value, result.key, result.headers
+        else:
+            value, key, headers = result, message.key, None
+        for topic in self._publish_to:
+            await self._publisher.publish(topic, value, key=key, headers=headers)
+
+    async def _retry_from(self, message: Message, first_error: Exception) -> None:
+        retry = self._retry
+        assert retry is not None  # only called with a retry policy  # noqa: S101
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(retry.attempts),
+            wait=wait_exponential(multiplier=retry.backoff, max=retry.max_backoff),
+            sleep=anyio.sleep,
+            reraise=True,
+            before_sleep=lambda state: self._log_retry(message, state),
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    number = attempt.retry_state.attempt_number
+                    if number == 1:
+                        raise first_error  # noqa: TRY301  # tenacity counts the failure already seen as attempt 1
+                    message.attempt = number
+                    await self._attempt(message)
+        except Exception as error:  # noqa: BLE001  # retries are spent: dead-letter it
+            await self._give_up(message, error, reason=f"failed: {describe(error)}")
+
+    def _log_retry(self, message: Message, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        pause = state.next_action.sleep if state.next_action is not None else 0.0
+        logger.warning(
+            "handler %s: %s failed (attempt %d of %d), retrying in %.2fs: %s",
+            self.name,
+            message.coordinates,
+            state.attempt_number,
+            self._retry.attempts if self._retry else 1,
+            pause,
+            describe(error) if error else "",
+        )
+
+    async def _give_up(self, message: Message, error: Exception, *, reason: str) -> None:
+        attempts = message.attempt
+        topic = self._dead_letter_topic(message)
+        traceback = None if isinstance(error, InvalidBodyError) else error
+        if topic is None:
+            logger.error(
+                "handler %s: %s %s; dropped after %d attempt(s) (dead_letter=None)",
+                self.name,
+                message.coordinates,
+                reason,
+                attempts,
+                exc_info=traceback,
+            )
+            return
+        headers = {**message.headers, **_dead_letter_headers(message, error, attempts)}
+        delivery = await self._broker.send(topic, message.value, key=message.key, headers=headers)
+        if delivery is not None:
+            self._deliveries.append(delivery)
+        logger.error(
+            "handler %s: %s %s; sent to %s after %d attempt(s)",
+            self.name,
+            message.coordinates,
+            reason,
+            topic,
+            attempts,
+            exc_info=traceback,
+        )
+
+    def _dead_letter_topic(self, message: Message) -> str | None:
+        if self._dead_letter is None:
+            return None
+        return self._dead_letter.replace("{topic}", message.topic)
+
+
+def _dead_letter_headers(message: Message, error: Exception, attempts: int) -> dict[str, bytes]:
+    cause = error.__cause__ if isinstance(error, InvalidBodyError) and error.__cause__ else error
+    text = error.reason if isinstance(error, InvalidBodyError) else str(error)
+    return {
+        DEAD_LETTER_HEADERS["error_type"]: type(cause).__name__.encode(),
+        DEAD_LETTER_HEADERS["error"]: text.encode(),
+        DEAD_LETTER_HEADERS["topic"]: message.topic.encode(),
+        DEAD_LETTER_HEADERS["partition"]: str(message.partition).encode(),
+        DEAD_LETTER_HEADERS["offset"]: str(message.offset).encode(),
+        DEAD_LETTER_HEADERS["attempts"]: str(attempts).encode(),
+    }
+
+
+class _PartitionWorkers:
+    """One queue and one worker task per partition, at most ``max_concurrency`` running."""
+
+    def __init__(self, loop: SubscriberLoop) -> None:
+        self._loop = loop
+        self._limiter = anyio.CapacityLimiter(loop.concurrency)
+        self._queues: dict[TopicPartition, deque[Message]] = {}
+        self._queued = 0
+        self._progress = anyio.Event()
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as workers:
+            while batch := await self._loop.fetch():
+                for message in batch:
+                    key = (message.topic, message.partition)
+                    queue = self._queues.get(key)
+                    if queue is None:
+                        queue = self._queues[key] = deque()
+                        workers.start_soon(self._work, key, queue)
+                    queue.append(message)
+                self._queued += len(batch)
+                while self._queued >= MAX_RECORDS and not self._loop.stopping:
+                    await self._progress.wait()  # backpressure: fetch more once workers catch up
+
+    async def _work(self, key: TopicPartition, queue: deque[Message]) -> None:
+        async with self._limiter:
+            while queue and not self._loop.stopping:
+                await self._loop.deliver(queue.popleft())
+                self._queued -= 1
+                self._progress.set()
+                self._progress = anyio.Event()
+            del self._queues[key]
+        await self._loop.settle()
+
+
+class Subscribers:
+    """The subscriber loops of one run, in a task group that lasts from startup to shutdown."""
+
+    def __init__(self) -> None:
+        self._tasks: TaskGroup | None = None
+        self._loops: list[SubscriberLoop] = []
+
+    async def start(
+        self,
+        broker: Broker,
+        publisher: Publisher,
+        handlers: Sequence[BoundHandler],
+        limit: float,
+    ) -> None:
+        """Subscribe each handler and start its loop; return once every one is fetching.
+
+        Each subscription gets ``limit`` seconds; a failure raises StartupError naming it.
+        """
+        tasks = self._tasks = anyio.create_task_group()
+        await tasks.__aenter__()
+        for handler in handlers:
+            spec = handler.spec
+            what = f"subscriber {spec.name} ({', '.join(spec.topics)})"
+            try:
+                with anyio.move_on_after(limit) as deadline:
+                    consumer = await broker.subscribe(
+                        Subscription(spec.topics, spec.group, spec.name)
+                    )
+            except Exception as error:
+                raise StartupError(what, describe(error)) from error
+            if deadline.cancelled_caught:
+                raise StartupTimeoutError(what, limit)
+            loop = SubscriberLoop(handler, consumer, publisher, broker)
+            self._loops.append(loop)
+            await tasks.start(loop.run)
+
+    async def stop(self, graceful_timeout: float) -> None:
+        """Ask every loop to finish its message in hand and commit, within ``graceful_timeout``."""
+        for loop in self._loops:
+            loop.stop()
+        with anyio.move_on_after(graceful_timeout):
+            for loop in self._loops:
+                await loop.finished.wait()
+        unfinished = [loop.name for loop in self._loops if not loop.finished.is_set()]
+        if unfinished and self._tasks is not None:
+            logger.warning(
+                "handlers still busy after the %gs graceful timeout, cancelled (their messages"
+                " are not committed and will be read again): %s",
+                graceful_timeout,
+                ", ".join(unfinished),
+            )
+            self._tasks.cancel_scope.cancel()
+
+    async def close(self, exception: BaseException | None) -> list[ShutdownStepError]:
+        """Leave the task group; return how each crashed loop failed.
+
+        ``exception`` is what is ending the run. A cancellation is handed to the task group,
+        which tells its own (a loop crashed) from one that came from outside.
+        """
+        tasks, self._tasks = self._tasks, None
+        if tasks is None:
+            return []
+        cancelled = exception if isinstance(exception, anyio.get_cancelled_exc_class()) else None
+        try:
+            if cancelled is None:
+                await tasks.__aexit__(None, None, None)
+            else:
+                await tasks.__aexit__(type(cancelled), cancelled, cancelled.__traceback__)
+        except anyio.get_cancelled_exc_class():
+            pass  # the caller's own cancellation: it goes on propagating from the caller
+        except BaseExceptionGroup as group:
+            return [_crash(error) for error in _leaves(group)]
+        return []
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for error in group.exceptions:
+        leaves.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
+    return leaves
+
+
+def _crash(error: BaseException) -> ShutdownStepError:
+    step = f"subscriber {error.subscriber}" if isinstance(error, DeliveryError) else "a subscriber"
+    reason = error.reason if isinstance(error, DeliveryError) else describe(error)
+    failure = ShutdownStepError(step, reason)
+    failure.__cause__ = error
+    logger.error("%s", failure, exc_info=error)
+    return failure

@@ -1,0 +1,208 @@
+"""Message handlers: what a handler's signature asks for, and the handler bound at startup.
+
+A handler's parameters are read once, when it is registered: one body parameter (decoded per
+its annotation), ``Message`` by annotation, and ``FromDishka[...]`` dependencies. At startup
+the APP-scoped dependencies are resolved once and kept; per message only the body is decoded,
+a REQUEST scope opened when some dependency needs one, and the function called.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, get_type_hints
+
+import anyio
+import pydantic
+from dishka import AsyncContainer, DependencyKey
+from dishka.integrations.base import default_parse_dependency
+
+from ._codec import decoder_for
+from ._errors import ConfigurationError, DependencyError, describe
+from ._graph import ResourceGraph, key_name, scope_of
+from ._message import Message
+
+__all__ = ["BoundHandler", "HandlerSpec", "InvalidBodyError", "Retry", "Signature"]
+
+_MESSAGE_CONTEXT = Message  # the REQUEST context key the app fills with the incoming message
+
+
+class InvalidBodyError(Exception):
+    """A message body that does not decode or validate; it is dead-lettered without retries."""
+
+    def __init__(self, message: Message, reason: str) -> None:
+        self.message = message
+        self.reason = reason
+        super().__init__(f"{message.coordinates} has an invalid body: {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """How often a failing handler is tried in all, and the pause before each new attempt.
+
+    The pause starts at ``backoff`` seconds and doubles each time, up to ``max_backoff``.
+    """
+
+    attempts: int = 3
+    backoff: float = 0.1
+    max_backoff: float = 10.0
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.attempts, bool)
+            or not isinstance(self.attempts, int)
+            or self.attempts < 1
+        ):
+            raise ConfigurationError(
+                "Retry(attempts=...)", f"expected a whole number >= 1, got {self.attempts!r}"
+            )
+        for name in ("backoff", "max_backoff"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ConfigurationError(
+                    f"Retry({name}=...)", f"expected seconds >= 0, got {value!r}"
+                )
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """What a handler's parameters ask for."""
+
+    body: str | None
+    decode: Callable[[bytes], Any] | None
+    message: str | None
+    dependencies: Mapping[str, DependencyKey]
+
+    @classmethod
+    def read(cls, func: Callable[..., Any], where: str) -> Signature:
+        try:
+            parameters = inspect.signature(func).parameters
+            hints = get_type_hints(func, include_extras=True)
+        except (NameError, TypeError, ValueError) as error:
+            raise ConfigurationError(where, f"cannot read its signature: {error}") from error
+        body: list[str] = []
+        message: str | None = None
+        dependencies: dict[str, DependencyKey] = {}
+        for name, parameter in parameters.items():
+            hint = hints.get(name, Any)
+            key = default_parse_dependency(parameter, hint)
+            if key is not None:
+                dependencies[name] = key
+            elif hint is Message:
+                message = name
+            elif parameter.default is inspect.Parameter.empty:
+                body.append(name)
+        if len(body) > 1:
+            raise ConfigurationError(
+                where,
+                f"parameters {', '.join(map(repr, body))} all look like the message body;"
+                " mark dependencies FromDishka[...] so that one parameter is left for the body",
+            )
+        if not body:
+            return cls(None, None, message, dependencies)
+        return cls(body[0], decoder_for(hints.get(body[0], Any)), message, dependencies)
+
+
+@dataclass(slots=True)
+class HandlerSpec:
+    """A registered handler: the function, where it reads from and where its result goes."""
+
+    func: Callable[..., Any]
+    topics: tuple[str, ...]
+    group: str | None
+    retry: Retry | None
+    dead_letter: str | None
+    max_concurrency: int
+    signature: Signature
+    publish_to: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return getattr(self.func, "__qualname__", repr(self.func))
+
+    def bind(self, container: AsyncContainer, graph: ResourceGraph) -> Awaitable[BoundHandler]:
+        return BoundHandler.create(self, container, graph)
+
+
+class BoundHandler:
+    """A handler ready for messages: its APP dependencies resolved, its call prepared."""
+
+    __slots__ = (
+        "_app_values",
+        "_body",
+        "_call",
+        "_container",
+        "_decode",
+        "_message",
+        "_request",
+        "spec",
+    )
+
+    def __init__(
+        self,
+        spec: HandlerSpec,
+        container: AsyncContainer,
+        app_values: dict[str, Any],
+        request: dict[str, DependencyKey],
+    ) -> None:
+        self.spec = spec
+        self._container = container
+        self._app_values = app_values
+        self._request = tuple(request.items())
+        self._body = spec.signature.body
+        self._decode = spec.signature.decode
+        self._message = spec.signature.message
+        func = spec.func
+        self._call: Callable[..., Awaitable[Any]] = (
+            func if inspect.iscoroutinefunction(func) else partial(_in_thread, func)
+        )
+
+    @classmethod
+    async def create(
+        cls,
+        spec: HandlerSpec,
+        container: AsyncContainer,
+        graph: ResourceGraph,
+    ) -> BoundHandler:
+        """Resolve the APP dependencies once; check that every other one is REQUEST-scoped."""
+        app_values: dict[str, Any] = {}
+        request: dict[str, DependencyKey] = {}
+        for parameter, key in spec.signature.dependencies.items():
+            if graph.provides(key):
+                app_values[parameter] = await container.get(key.type_hint, key.component)
+            elif scope_of(container, key) is not None:
+                request[parameter] = key
+            else:
+                raise DependencyError(
+                    f"handler {spec.name}",
+                    parameter,
+                    f"asks for {key_name(key)}, which no provider gives",
+                )
+        return cls(spec, container, app_values, request)
+
+    async def __call__(self, message: Message) -> Any:
+        """Decode the body, inject, call the handler; return what it returned."""
+        arguments = self._app_values.copy()
+        if self._body is not None:
+            arguments[self._body] = self._decoded(message)
+        if self._message is not None:
+            arguments[self._message] = message
+        if not self._request:
+            return await self._call(**arguments)
+        async with self._container(context={_MESSAGE_CONTEXT: message}) as request:
+            for parameter, key in self._request:
+                arguments[parameter] = await request.get(key.type_hint, key.component)
+            return await self._call(**arguments)
+
+    def _decoded(self, message: Message) -> Any:
+        try:
+            return self._decode(message.value)  # type: ignore[misc]  # set whenever _body is
+        except (pydantic.ValidationError, UnicodeDecodeError) as error:
+            raise InvalidBodyError(message, describe(error)) from error
+
+
+async def _in_thread(func: Callable[..., Any], **arguments: Any) -> Any:
+    """Run a sync handler in a worker thread, so it never blocks the event loop."""
+    return await anyio.to_thread.run_sync(partial(func, **arguments))

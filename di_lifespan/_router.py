@@ -1,0 +1,196 @@
+"""Registering handlers and publishers: ``@app.subscriber``, ``@app.publisher``, ``Router``."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from ._errors import ConfigurationError, LifespanStateError
+from ._handlers import HandlerSpec, Retry, Signature
+
+__all__ = [
+    "DEFAULT_DEAD_LETTER",
+    "DEFAULT_RETRY",
+    "PublishingFunction",
+    "Router",
+    "check_publishing",
+]
+
+Func = TypeVar("Func", bound=Callable[..., Any])
+
+DEFAULT_RETRY = Retry()
+DEFAULT_DEAD_LETTER = "{topic}.dlq"
+
+
+class _Publishes(Protocol):
+    async def publish(self, topic: str, value: Any) -> None: ...
+
+
+def check_publishing(functions: list[PublishingFunction]) -> None:
+    """Refuse a publishing function that is sync and no subscriber: it could not publish."""
+    for item in functions:
+        if not inspect.iscoroutinefunction(item.func):
+            raise ConfigurationError(
+                f"@publisher on {_name(item.func)}",
+                "a function that publishes its return value when called must be async"
+                " (or be a subscriber too)",
+            )
+
+
+class PublishingFunction:
+    """A function that is not a subscriber but whose return value is published when called."""
+
+    def __init__(self, func: Callable[..., Any], router: Router) -> None:
+        self.func = func
+        self.topics: list[str] = []
+        self._router = router
+        functools.update_wrapper(self, func)
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        result = await self.func(*args, **kwargs)
+        if result is not None:
+            app = self._router.app
+            if app is None:
+                raise LifespanStateError(
+                    f"publish the result of {_name(self.func)}", "not included in any app"
+                )
+            for topic in self.topics:
+                await app.publish(topic, result)
+        return result
+
+
+class Router:
+    """A set of handlers and publishers; ``app.include_router(router)`` adds them to an app."""
+
+    def __init__(self) -> None:
+        self.handlers: list[HandlerSpec] = []
+        self.publishing: list[PublishingFunction] = []
+        self.routers: list[Router] = []
+        self.app: _Publishes | None = None
+
+    def subscriber(
+        self,
+        topic: str,
+        *more_topics: str,
+        group: str | None = None,
+        retry: Retry | None = DEFAULT_RETRY,
+        dead_letter: str | None = DEFAULT_DEAD_LETTER,
+        max_concurrency: int = 1,
+    ) -> Callable[[Func], Func]:
+        """Handle every message of ``topic`` (and ``more_topics``) with the decorated function.
+
+        ``group`` shares the topics' partitions among the group's consumers and resumes from
+        its committed offsets. A failing handler is tried ``retry.attempts`` times in all,
+        then the message goes to ``dead_letter`` (``{topic}`` is the message's topic; None
+        drops it with an error log line). ``max_concurrency`` partitions are handled at once;
+        within a partition, messages are handled one at a time, in order.
+        """
+        topics = (topic, *more_topics)
+        where = f"subscriber({', '.join(map(repr, topics))})"
+        for name in topics:
+            _check_topic(where, name)
+        if group is not None and (not isinstance(group, str) or not group):
+            raise ConfigurationError(
+                where, f"group must be a non-empty string or None, got {group!r}"
+            )
+        if retry is not None and not isinstance(retry, Retry):
+            raise ConfigurationError(where, f"retry must be a Retry(...) or None, got {retry!r}")
+        if dead_letter is not None:
+            _check_topic(f"{where} dead_letter", dead_letter)
+        if (
+            isinstance(max_concurrency, bool)
+            or not isinstance(max_concurrency, int)
+            or max_concurrency < 1
+        ):
+            raise ConfigurationError(
+                where, f"max_concurrency must be a whole number >= 1, got {max_concurrency!r}"
+            )
+
+        def register(func: Func) -> Func:
+            target, topics_out = self._unwrap(func)
+            if not callable(target):
+                raise ConfigurationError(where, f"expected a function, got {target!r}")
+            spec = HandlerSpec(
+                target,
+                topics,
+                group,
+                retry,
+                dead_letter,
+                max_concurrency,
+                Signature.read(target, f"handler {_name(target)}"),
+                topics_out,
+            )
+            self.handlers.append(spec)
+            return func
+
+        return register
+
+    def publisher(self, topic: str) -> Callable[[Func], Func]:
+        """Publish the decorated function's return value (when not None) to ``topic``.
+
+        On a subscriber, the value the handler returns is published. On any other async
+        function, calling it publishes what it returns, through the running app.
+        """
+        _check_topic(f"publisher({topic!r})", topic)
+
+        def register(func: Func) -> Func:
+            for spec in self.handlers:
+                if spec.func is func:
+                    spec.publish_to.append(topic)
+                    return func
+            wrapper = func if isinstance(func, PublishingFunction) else self._wrap(func)
+            wrapper.topics.append(topic)
+            return wrapper  # type: ignore[return-value]  # a callable with the same signature
+
+        return register
+
+    def include_router(self, router: Router) -> None:
+        """Add the handlers and publishers of ``router`` to this one."""
+        if not isinstance(router, Router):
+            raise ConfigurationError("include_router(...)", f"expected a Router, got {router!r}")
+        if router is self or router in self.routers:
+            raise ConfigurationError("include_router(...)", "this router is already included")
+        self.routers.append(router)
+        if self.app is not None:
+            router.attach(self.app)
+
+    def all_handlers(self) -> list[HandlerSpec]:
+        return [
+            *self.handlers,
+            *(spec for router in self.routers for spec in router.all_handlers()),
+        ]
+
+    def all_publishing(self) -> list[PublishingFunction]:
+        return [
+            *self.publishing,
+            *(item for router in self.routers for item in router.all_publishing()),
+        ]
+
+    def attach(self, app: _Publishes) -> None:
+        """Make calls of publishing functions go through ``app``."""
+        self.app = app
+        for router in self.routers:
+            router.attach(app)
+
+    def _wrap(self, func: Callable[..., Any]) -> PublishingFunction:
+        # A sync function is fine under a subscriber; alone, the app refuses it at startup.
+        wrapper = PublishingFunction(func, self)
+        self.publishing.append(wrapper)
+        return wrapper
+
+    def _unwrap(self, func: Callable[..., Any]) -> tuple[Callable[..., Any], list[str]]:
+        if isinstance(func, PublishingFunction):
+            self.publishing.remove(func)
+            return func.func, list(func.topics)
+        return func, []
+
+
+def _check_topic(where: str, topic: object) -> None:
+    if not isinstance(topic, str) or not topic.strip():
+        raise ConfigurationError(where, f"a topic must be a non-empty string, got {topic!r}")
+
+
+def _name(func: Callable[..., Any]) -> str:
+    return getattr(func, "__qualname__", None) or repr(func)

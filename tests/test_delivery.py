@@ -1,0 +1,286 @@
+"""Delivery policy: retries, dead letters, ordering, graceful stop, at-least-once redelivery."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+
+import anyio
+import pytest
+from pydantic import BaseModel, PositiveFloat
+
+from di_lifespan import (
+    DEAD_LETTER_HEADERS,
+    App,
+    FromDishka,
+    MemoryBroker,
+    Message,
+    Provider,
+    Retry,
+    Scope,
+    ShutdownError,
+    provide,
+)
+from tests.drain import drained
+from tests.resources import Journal
+
+FAST = Retry(attempts=3, backoff=0.001)
+
+
+class Flower(BaseModel):
+    sepal_length: PositiveFloat
+
+
+async def test_a_failing_handler_is_retried_then_dead_lettered_with_error_headers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Three attempts in all, then the message goes to <topic>.dlq with headers naming why."""
+    broker = MemoryBroker()
+    app = App(broker=broker)
+    attempts: list[int] = []
+
+    @app.subscriber("orders", retry=FAST)
+    async def handle(body: bytes, message: Message) -> None:
+        attempts.append(message.attempt)
+        raise ValueError(f"cannot price {body.decode()}")
+
+    async with app:
+        await app.publish("orders", b"apple", key="k", headers={"trace": "t1"})
+        await drained(broker)
+    assert attempts == [1, 2, 3]
+    (dead,) = broker.messages("orders.dlq")
+    assert dead.value == b"apple"
+    assert dead.key == b"k"
+    assert dead.header("trace") == "t1"  # the original headers are kept
+    assert {name: dead.header(header) for name, header in DEAD_LETTER_HEADERS.items()} == {
+        "error_type": "ValueError",
+        "error": "cannot price apple",
+        "topic": "orders",
+        "partition": "0",
+        "offset": "0",
+        "attempts": "3",
+    }
+    assert broker.committed("", "orders") == [0]  # the anonymous group is not a real one
+    assert "orders[0]@0 failed (attempt 1 of 3), retrying" in caplog.text
+    assert "sent to orders.dlq after 3 attempt(s)" in caplog.text
+
+
+async def test_a_handler_that_recovers_on_retry_publishes_its_result() -> None:
+    """A handler that fails twice and then succeeds publishes once, and nothing is dead-lettered."""
+    broker = MemoryBroker()
+    app = App(broker=broker)
+
+    @app.subscriber("in", retry=FAST)
+    @app.publisher("out")
+    async def flaky(body: bytes, message: Message) -> bytes:
+        if message.attempt < 3:
+            raise ConnectionError("upstream busy")
+        return body
+
+    async with app:
+        await app.publish("in", b"x")
+        await drained(broker)
+    assert [m.value for m in broker.messages("out")] == [b"x"]
+    assert broker.messages("in.dlq") == []
+
+
+async def test_an_invalid_body_is_dead_lettered_at_once_and_the_next_message_is_handled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A body that fails validation skips retries; the log names the field; the stream goes on."""
+    broker = MemoryBroker()
+    app = App(broker=broker)
+    handled: list[float] = []
+
+    @app.subscriber("flowers", retry=FAST)
+    async def measure(flower: Flower) -> None:
+        handled.append(flower.sepal_length)
+
+    async with app:
+        await app.publish("flowers", {"sepal_length": -1})
+        await app.publish("flowers", b"not json")
+        await app.publish("flowers", {"sepal_length": 5.1})
+        await drained(broker)
+    assert handled == [5.1]
+    first, second = broker.messages("flowers.dlq")
+    assert first.header(DEAD_LETTER_HEADERS["attempts"]) == "1"
+    assert first.header(DEAD_LETTER_HEADERS["error_type"]) == "ValidationError"
+    assert first.header(DEAD_LETTER_HEADERS["error"]) == (
+        "Flower is invalid: sepal_length: Input should be greater than 0 (got -1)"
+    )
+    assert second.header(DEAD_LETTER_HEADERS["offset"]) == "1"
+    assert "flowers[0]@0 has an invalid body: Flower is invalid: sepal_length" in caplog.text
+    assert "retrying" not in caplog.text
+
+
+async def test_dead_letter_none_drops_the_message_with_an_error_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With dead_letter=None and retry=None a failing message is logged and dropped."""
+    broker = MemoryBroker()
+    app = App(broker=broker)
+
+    @app.subscriber("in", retry=None, dead_letter=None)
+    async def fail(body: bytes) -> None:
+        raise RuntimeError("nope")
+
+    async with app:
+        await app.publish("in", b"x")
+        await drained(broker)
+    assert broker.messages("in.dlq") == []
+    assert "in[0]@0 failed: RuntimeError: nope; dropped after 1 attempt(s)" in caplog.text
+
+
+async def test_a_dead_letter_template_names_the_topic() -> None:
+    """dead_letter='errors.{topic}' sends each message's failures to its own topic's queue."""
+    broker = MemoryBroker()
+    app = App(broker=broker)
+
+    @app.subscriber("a", "b", retry=None, dead_letter="errors.{topic}")
+    async def fail(body: bytes) -> None:
+        raise RuntimeError("nope")
+
+    async with app:
+        await app.publish("a", b"1")
+        await app.publish("b", b"2")
+        await drained(broker)
+    assert [m.value for m in broker.messages("errors.a")] == [b"1"]
+    assert [m.value for m in broker.messages("errors.b")] == [b"2"]
+
+
+async def test_order_is_kept_per_partition_while_partitions_run_concurrently() -> None:
+    """max_concurrency=3 handles three partitions at once; each partition stays in order."""
+    broker = MemoryBroker(partitions=3)
+    app = App(broker=broker)
+    seen: dict[int, list[int]] = {0: [], 1: [], 2: []}
+    inside: set[int] = set()
+    all_inside = anyio.Event()
+
+    @app.subscriber("events", max_concurrency=3)
+    async def handle(number: int, message: Message) -> None:
+        inside.add(message.partition)
+        if len(inside) == 3:
+            all_inside.set()
+        with anyio.fail_after(10):  # a guard: serial handling would never get here
+            await all_inside.wait()
+        seen[message.partition].append(number)
+
+    async with app:
+        for number in range(30):
+            await app.publish("events", number)  # no key: the partitions take turns
+        await drained(broker)
+    messages = broker.messages("events")
+    for partition, numbers in seen.items():
+        stored = [json.loads(m.value) for m in messages if m.partition == partition]
+        assert numbers == stored
+    assert sum(len(numbers) for numbers in seen.values()) == 30
+
+
+class Connection:
+    """A resource that knows whether it is still open."""
+
+    def __init__(self) -> None:
+        self.open = True
+
+
+class Pool(Provider):
+    def __init__(self, journal: Journal) -> None:
+        super().__init__()
+        self.journal = journal
+
+    @provide(scope=Scope.APP)
+    async def connection(self) -> AsyncIterator[Connection]:
+        connection = Connection()
+        yield connection
+        connection.open = False
+        self.journal("-Connection")
+
+
+async def test_a_handler_mid_way_at_shutdown_finishes_with_its_resources_open() -> None:
+    """Shutdown waits for the handler in hand; it still sees the connection open; then commit."""
+    journal = Journal()
+    broker = MemoryBroker()
+    app = App(Pool(journal), broker=broker)
+    entered = anyio.Event()
+    stopping = anyio.Event()
+
+    @app.on_shutdown
+    def signal_stop() -> None:
+        stopping.set()
+
+    @app.subscriber("jobs", group="workers")
+    async def work(body: bytes, connection: FromDishka[Connection]) -> None:
+        entered.set()
+        await stopping.wait()
+        await anyio.lowlevel.checkpoint()
+        journal(f"finished with connection open={connection.open}")
+
+    async with app:
+        await app.publish("jobs", b"job")
+        await entered.wait()
+    assert journal.events == ["finished with connection open=True", "-Connection"]
+    assert broker.committed("workers", "jobs") == [1]
+
+
+async def test_a_handler_past_the_graceful_timeout_is_cancelled_and_read_again() -> None:
+    """A handler that outlives graceful_timeout is cancelled, not committed, and redelivered."""
+    broker = MemoryBroker()
+    app = App(broker=broker, graceful_timeout=0.05)
+    runs: list[str] = []
+    entered = anyio.Event()
+
+    @app.subscriber("jobs", group="workers")
+    async def work(body: bytes) -> None:
+        runs.append("start")
+        if len(runs) == 1:
+            entered.set()
+            await anyio.sleep_forever()
+        runs.append("done")
+
+    async with app:
+        await app.publish("jobs", b"job")
+        await entered.wait()
+    assert broker.committed("workers", "jobs") == [0]
+    async with app:  # restarted on the same broker: the group gets its uncommitted message
+        await drained(broker)
+    assert runs == ["start", "start", "done"]
+    assert broker.committed("workers", "jobs") == [1]
+
+
+class FailingDeadLetters(MemoryBroker):
+    """A transport whose dead-letter topic refuses every message."""
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Mapping[str, bytes] | None = None,
+    ) -> None:
+        if topic.endswith(".dlq"):
+            raise ConnectionError("dead-letter topic unreachable")
+        await super().send(topic, value, key=key, headers=headers)
+
+
+async def test_a_subscriber_whose_transport_fails_stops_the_app_without_committing() -> None:
+    """When a dead letter cannot be sent, the subscriber stops, the app stops with the error."""
+    journal = Journal()
+    broker = FailingDeadLetters()
+    app = App(Pool(journal), broker=broker)
+
+    @app.subscriber("jobs", group="workers", retry=None)
+    async def work(body: bytes) -> None:
+        raise RuntimeError("bad job")
+
+    with pytest.raises(ShutdownError) as caught:  # noqa: PT012  # the whole run is under test
+        async with app:
+            await app.publish("jobs", b"job")
+            await anyio.sleep_forever()
+    (failure,) = caught.value.exceptions
+    assert str(failure) == (
+        "subscriber test_a_subscriber_whose_transport_fails_stops_the_app_without_committing"
+        ".<locals>.work failed: ConnectionError: dead-letter topic unreachable"
+    )
+    assert broker.committed("workers", "jobs") == [0]
+    assert journal.events == ["-Connection"]  # the rest of the shutdown ran

@@ -1,0 +1,407 @@
+"""Handlers: the body decoded, dependencies injected, the return value published."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import anyio
+import pytest
+from pydantic import BaseModel
+
+from di_lifespan import (
+    App,
+    ConfigurationError,
+    DependencyError,
+    FromDishka,
+    MemoryBroker,
+    Message,
+    Outgoing,
+    Provider,
+    Publisher,
+    Router,
+    Scope,
+    StartupError,
+    provide,
+)
+from tests.drain import drained
+from tests.resources import Journal
+
+
+class Order(BaseModel):
+    item: str
+    quantity: int
+
+
+class Receipt(BaseModel):
+    item: str
+    total: float
+
+
+class Prices:
+    """APP-scoped: the price list."""
+
+    def __init__(self) -> None:
+        self.table = {"apple": 0.5, "pear": 0.75}
+
+
+class Tax:
+    """APP-scoped: a second APP dependency."""
+
+    rate = 0.1
+
+
+class Trace:
+    """REQUEST-scoped: made for one message from that message."""
+
+    def __init__(self, message: Message) -> None:
+        self.coordinates = message.coordinates
+
+
+class Shop(Provider):
+    def __init__(self, journal: Journal) -> None:
+        super().__init__()
+        self.journal = journal
+
+    prices = provide(Prices, scope=Scope.APP)
+    tax = provide(Tax, scope=Scope.APP)
+
+    @provide(scope=Scope.REQUEST)
+    def trace(self, message: Message) -> Iterator[Trace]:
+        self.journal(f"+Trace {message.offset}")
+        yield Trace(message)
+        self.journal(f"-Trace {message.offset}")
+
+
+def shop_app(journal: Journal) -> tuple[App, MemoryBroker]:
+    broker = MemoryBroker()
+    return App(Shop(journal), broker=broker), broker
+
+
+async def test_app_dependencies_are_resolved_once_and_the_result_is_published() -> None:
+    """Two APP dependencies are injected (the same objects each time); the Receipt is published."""
+    journal = Journal()
+    app, broker = shop_app(journal)
+    seen: list[tuple[int, int]] = []
+
+    @app.subscriber("orders")
+    @app.publisher("receipts")
+    async def price(order: Order, prices: FromDishka[Prices], tax: FromDishka[Tax]) -> Receipt:
+        seen.append((id(prices), id(tax)))
+        total = prices.table[order.item] * order.quantity * (1 + tax.rate)
+        return Receipt(item=order.item, total=round(total, 2))
+
+    async with app:
+        await app.publish("orders", Order(item="apple", quantity=4))
+        await app.publish("orders", {"item": "pear", "quantity": 2}, key="customer-7")
+        await drained(broker)
+    receipts = broker.messages("receipts")
+    assert [json.loads(m.value) for m in receipts] == [
+        {"item": "apple", "total": 2.2},
+        {"item": "pear", "total": 1.65},
+    ]
+    assert receipts[1].key == b"customer-7"  # the input's key goes with the result
+    assert len(set(seen)) == 1
+
+
+async def test_a_request_scope_is_opened_per_message_and_closed_after_it() -> None:
+    """A REQUEST dependency is made from the Message and finalized after each message."""
+    journal = Journal()
+    app, broker = shop_app(journal)
+
+    @app.subscriber("orders")
+    async def record(order: Order, trace: FromDishka[Trace], message: Message) -> None:
+        journal(f"handle {trace.coordinates} {message.offset}")
+
+    async with app:
+        await app.publish("orders", Order(item="apple", quantity=1))
+        await app.publish("orders", Order(item="pear", quantity=1))
+        await drained(broker)
+    assert journal.events == [
+        "+Trace 0",
+        "handle orders[0]@0 0",
+        "-Trace 0",
+        "+Trace 1",
+        "handle orders[0]@1 1",
+        "-Trace 1",
+    ]
+
+
+async def test_message_metadata_is_injected_by_annotation() -> None:
+    """A parameter annotated Message gets topic, partition, offset, key, headers and attempt."""
+    broker = MemoryBroker()
+    app = App(broker=broker)
+    received: list[Message] = []
+
+    @app.subscriber("events")
+    async def handle(body: bytes, message: Message) -> None:
+        received.append(message)
+
+    async with app:
+        await app.publish("events", b"\x00raw", key=b"k", headers={"trace-id": "abc"})
+        await drained(broker)
+    (message,) = received
+    assert (message.topic, message.partition, message.offset) == ("events", 0, 0)
+    assert message.value == b"\x00raw"
+    assert message.key == b"k"
+    assert message.header("trace-id") == "abc"
+    assert message.attempt == 1
+    assert message.timestamp.year >= 2024
+
+
+@dataclass
+class Point:
+    x: int
+    y: int
+
+
+async def test_bodies_decode_per_annotation() -> None:
+    """Bytes and str come raw; a dataclass or list is validated from JSON by pydantic."""
+    broker = MemoryBroker()
+    app = App(broker=broker)
+    got: list[object] = []
+
+    @app.subscriber("raw")
+    async def raw(body: bytes) -> None:
+        got.append(body)
+
+    @app.subscriber("text")
+    async def text(body: str) -> None:
+        got.append(body)
+
+    @app.subscriber("points")
+    async def points(body: list[Point]) -> None:
+        got.append(body)
+
+    async with app:
+        await app.publish("raw", b"\xff")
+        await drained(broker)
+        await app.publish("text", "héllo")
+        await drained(broker)
+        await app.publish("points", [Point(1, 2)])
+        await drained(broker)
+    assert got == [b"\xff", "héllo", [Point(1, 2)]]
+
+
+async def test_sync_handlers_run_in_a_worker_thread() -> None:
+    """A sync handler runs outside the event loop thread, and its result is published."""
+    import threading
+
+    broker = MemoryBroker()
+    app = App(broker=broker)
+    threads: list[str] = []
+
+    @app.subscriber("in")
+    @app.publisher("out")
+    def shout(text: str) -> str:
+        threads.append(threading.current_thread().name)
+        return text.upper()
+
+    async with app:
+        await app.publish("in", "hi")
+        await drained(broker)
+    assert threads != [threading.current_thread().name]
+    assert [m.value for m in broker.messages("out")] == [b"HI"]
+
+
+async def test_a_publisher_injected_into_a_handler_sends_several_messages() -> None:
+    """FromDishka[Publisher] publishes to topics chosen at run time, with keys and headers."""
+    broker = MemoryBroker()
+    app = App(broker=broker)
+
+    @app.subscriber("batches")
+    async def split(items: list[str], publisher: FromDishka[Publisher]) -> None:
+        for item in items:
+            await publisher.publish(
+                f"items.{item}", {"item": item}, key=item, headers={"from": "split"}
+            )
+
+    async with app:
+        await app.publish("batches", ["a", "b"])
+        await drained(broker)
+    (a,) = broker.messages("items.a")
+    assert (json.loads(a.value), a.key, a.header("from")) == ({"item": "a"}, b"a", "split")
+    assert len(broker.messages("items.b")) == 1
+
+
+async def test_outgoing_sets_the_key_and_headers_of_a_returned_value() -> None:
+    """A handler returning Outgoing(value, key=..., headers=...) publishes with them."""
+    broker = MemoryBroker()
+    app = App(broker=broker)
+
+    @app.subscriber("in")
+    @app.publisher("out")
+    async def route(text: str) -> Outgoing:
+        return Outgoing({"text": text}, key="k1", headers={"kind": "greeting"})
+
+    async with app:
+        await app.publish("in", "hello")
+        await drained(broker)
+    (out,) = broker.messages("out")
+    assert (out.key, out.header("kind"), json.loads(out.value)) == (
+        b"k1",
+        "greeting",
+        {"text": "hello"},
+    )
+
+
+async def test_a_publisher_function_publishes_its_return_value_when_called() -> None:
+    """@app.publisher on a plain async function publishes what each call returns."""
+    broker = MemoryBroker()
+    app = App(broker=broker)
+
+    @app.publisher("alerts")
+    async def alert(level: str) -> dict[str, str]:
+        return {"level": level}
+
+    async with app:
+        assert await alert("high") == {"level": "high"}
+    assert [json.loads(m.value) for m in broker.messages("alerts")] == [{"level": "high"}]
+
+
+async def test_handlers_from_a_router_are_included() -> None:
+    """A Router's subscribers and publishers work once included in the app."""
+    broker = MemoryBroker()
+    router = Router()
+
+    @router.subscriber("in")
+    @router.publisher("out")
+    async def echo(text: str) -> str:
+        return text
+
+    app = App(broker=broker)
+    app.include_router(router)
+    async with app:
+        await app.publish("in", "x")
+        await drained(broker)
+    assert [m.value for m in broker.messages("out")] == [b"x"]
+
+
+class Unprovided:
+    """Nobody provides it."""
+
+
+async def test_a_handler_parameter_nobody_provides_fails_the_start_naming_it() -> None:
+    """The start fails before any resource is set up, naming the handler and the parameter."""
+    journal = Journal()
+    app, _ = shop_app(journal)
+
+    @app.subscriber("orders")
+    async def handle(order: Order, thing: FromDishka[Unprovided]) -> None:
+        """Never runs."""
+
+    with pytest.raises(DependencyError) as caught:
+        await app.__aenter__()
+    assert caught.value.what.startswith("handler test_a_handler_parameter_nobody_provides")
+    assert caught.value.what.endswith("<locals>.handle")
+    assert caught.value.parameter == "thing"
+    assert "Unprovided" in str(caught.value)
+    assert journal.events == []
+
+
+class Model:
+    """A resource whose setup fails."""
+
+
+async def test_a_failing_resource_names_the_handler_that_needs_it() -> None:
+    """The dependency path of a failed resource starts at the handler that asked for it."""
+
+    class Broken(Provider):
+        @provide(scope=Scope.APP)
+        async def model(self) -> AsyncIterator[Model]:
+            raise OSError("weights missing")
+            yield Model()  # type: ignore[unreachable]  # makes this a generator provider
+
+    app = App(Broken())
+
+    @app.subscriber("input")
+    async def predict(data: bytes, model: FromDishka[Model]) -> None:
+        """Never runs."""
+
+    with pytest.raises(StartupError) as caught:
+        await app.__aenter__()
+    assert caught.value.path[0].startswith("handler ")
+    assert caught.value.path[0].endswith("predict")
+    assert caught.value.path[1:] == ("Model",)
+
+
+def test_two_body_parameters_are_refused_at_registration() -> None:
+    """A handler with two undecorated parameters is a ConfigurationError naming both."""
+    app = App()
+    with pytest.raises(
+        ConfigurationError, match=r"parameters 'order', 'prices' all look like the message body"
+    ):
+
+        @app.subscriber("orders")
+        async def handle(order: Order, prices: Prices) -> None:
+            """Never runs."""
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"topic": ""}, "a topic must be a non-empty string"),
+        ({"topic": "t", "group": ""}, "group must be a non-empty string or None"),
+        ({"topic": "t", "max_concurrency": 0}, "max_concurrency must be a whole number >= 1"),
+        ({"topic": "t", "retry": 3}, "retry must be a Retry(...) or None"),
+        ({"topic": "t", "dead_letter": ""}, "a topic must be a non-empty string"),
+    ],
+)
+def test_bad_subscriber_arguments_are_refused(arguments: dict[str, object], message: str) -> None:
+    """Each bad subscriber argument raises ConfigurationError saying what is wrong."""
+    app = App()
+    topic = arguments.pop("topic")
+    with pytest.raises(ConfigurationError) as caught:
+        app.subscriber(topic, **arguments)  # type: ignore[arg-type]
+    assert message in str(caught.value)
+
+
+async def test_a_sync_function_that_only_publishes_is_refused_at_startup() -> None:
+    """A sync non-subscriber function under @publisher could not publish: the start fails."""
+    app = App()
+
+    @app.publisher("out")
+    def make() -> str:
+        return "x"  # pragma: no cover - never called
+
+    with pytest.raises(ConfigurationError, match="must be async"):
+        await app.__aenter__()
+
+
+async def test_publishing_outside_a_run_is_a_state_error() -> None:
+    """app.publish on a stopped app raises LifespanStateError."""
+    from di_lifespan import LifespanStateError
+
+    with pytest.raises(LifespanStateError, match="cannot publish: the app is stopped"):
+        await App().publish("t", b"x")
+
+
+async def test_the_users_own_message_context_is_accepted() -> None:
+    """A user's from_context(provides=Message, scope=REQUEST) is allowed next to the app's."""
+    from di_lifespan import from_context
+
+    class WithMessage(Provider):
+        message = from_context(provides=Message, scope=Scope.REQUEST)
+
+        @provide(scope=Scope.REQUEST)
+        def trace(self, message: Message) -> Trace:
+            return Trace(message)
+
+    broker = MemoryBroker()
+    app = App(WithMessage(), broker=broker)
+    seen: list[str] = []
+
+    @app.subscriber("t")
+    async def handle(body: bytes, trace: FromDishka[Trace]) -> None:
+        seen.append(trace.coordinates)
+
+    async with app:
+        await app.publish("t", b"x")
+        await drained(broker)
+    assert seen == ["t[0]@0"]
+
+
+async def test_anyio_is_used_in_tests() -> None:
+    """The anyio plugin runs these tests (a sanity check on the test setup itself)."""
+    await anyio.lowlevel.checkpoint()
