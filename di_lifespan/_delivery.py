@@ -88,8 +88,8 @@ class Publisher:
         delivery = await self._broker.send(
             topic,
             encode_value(value),
-            key=encode_key(key),
-            headers=encode_headers(headers),
+            key=key if key is None else encode_key(key),
+            headers=headers if headers is None else encode_headers(headers),
         )
         if delivery is None:
             return
@@ -109,14 +109,11 @@ class SubscriberLoop:
     its queue runs dry, so a slow partition holds up no other.
     """
 
-    def __init__(
-        self, handler: BoundHandler, consumer: Consumer, publisher: Publisher, broker: Broker
-    ) -> None:
+    def __init__(self, handler: BoundHandler, consumer: Consumer, broker: Broker) -> None:
         spec = handler.spec
         self.name = spec.name
         self._handler = handler
         self._consumer = consumer
-        self._publisher = publisher
         self._broker = broker
         self._publish_to = tuple(spec.publish_to)
         self._retry = spec.retry
@@ -163,7 +160,15 @@ class SubscriberLoop:
 
     async def deliver(self, message: Message) -> None:
         """Handle one message to its end (result published, or dead-lettered), mark it done."""
-        await self._deliver(message)
+        try:
+            await self._attempt(message)
+        except InvalidBodyError as error:
+            await self._give_up(message, error, reason=f"has an invalid body: {error.reason}")
+        except Exception as error:  # noqa: BLE001  # a handler's failure is retried, then dead-lettered
+            if self._retry is not None and self._retry.attempts > 1:
+                await self._retry_from(message, error)
+            else:
+                await self._give_up(message, error, reason=f"failed: {describe(error)}")
         self._done[(message.topic, message.partition)] = message.offset + 1
 
     @property
@@ -183,27 +188,20 @@ class SubscriberLoop:
             if done:
                 await self._consumer.commit(done)
 
-    async def _deliver(self, message: Message) -> None:
-        try:
-            await self._attempt(message)
-        except InvalidBodyError as error:
-            await self._give_up(message, error, reason=f"has an invalid body: {error.reason}")
-        except Exception as error:  # noqa: BLE001  # a handler's failure is retried, then dead-lettered
-            if self._retry is not None and self._retry.attempts > 1:
-                await self._retry_from(message, error)
-            else:
-                await self._give_up(message, error, reason=f"failed: {describe(error)}")
-
     async def _attempt(self, message: Message) -> None:
         result = await self._handler(message)
-        if result is None:
+        if result is None or not self._publish_to:
             return
         if isinstance(result, Outgoing):
-            value, key, headers = result.value, result.key, result.headers
+            value = encode_value(result.value)
+            key = encode_key(result.key)
+            headers = encode_headers(result.headers)
         else:
-            value, key, headers = result, message.key, None
+            value, key, headers = encode_value(result), message.key, None
         for topic in self._publish_to:
-            await self._publisher.publish(topic, value, key=key, headers=headers)
+            delivery = await self._broker.send(topic, value, key=key, headers=headers)
+            if delivery is not None:
+                self._deliveries.append(delivery)
 
     async def _retry_from(self, message: Message, first_error: Exception) -> None:
         retry = self._retry
@@ -331,7 +329,6 @@ class Subscribers:
     async def start(
         self,
         broker: Broker,
-        publisher: Publisher,
         handlers: Sequence[BoundHandler],
         limit: float,
     ) -> None:
@@ -353,7 +350,7 @@ class Subscribers:
                 raise StartupError(what, describe(error)) from error
             if deadline.cancelled_caught:
                 raise StartupTimeoutError(what, limit)
-            loop = SubscriberLoop(handler, consumer, publisher, broker)
+            loop = SubscriberLoop(handler, consumer, broker)
             self._loops.append(loop)
             await tasks.start(loop.run)
 

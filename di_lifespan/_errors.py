@@ -178,7 +178,7 @@ def describe(error: BaseException) -> str:
     if isinstance(error, ValidationError):
         fields = "; ".join(
             f"{'.'.join(str(part) for part in item['loc']) or '(value)'}: {item['msg']}"
-            f" (got {item['input']!r})"
+            + ("" if item["type"] == "missing" else f" (got {item['input']!r})")
             for item in error.errors()
         )
         return f"{error.title} is invalid: {fields}"

@@ -177,7 +177,7 @@ class LifespanRun:
         await self._bounded_start(f"the broker ({broker.url})", broker.start)
         self._broker_started = True
         # Not under _bounded_start: the subscribers' task group must outlive this call.
-        await self._subscribers.start(broker, self.publisher, handlers, self._plan.startup_timeout)
+        await self._subscribers.start(broker, handlers, self._plan.startup_timeout)
 
     async def _enter_user_lifespan(self) -> None:
         factory = self._plan.lifespan

@@ -72,7 +72,8 @@ class MemoryBroker:
         self._topics: dict[str, _Topic] = {}
         self._groups: dict[tuple[str, str], _Group] = {}
         self._anonymous = itertools.count(1)
-        self._changed = anyio.Event()
+        # Made only while someone waits: an event per send would cost more than the send.
+        self._changed: anyio.Event | None = None
 
     async def start(self) -> None:
         """Nothing to connect to."""
@@ -139,13 +140,16 @@ class MemoryBroker:
 
     async def wait_for_change(self) -> None:
         """Return after the next send, commit or stop."""
+        if self._changed is None:
+            self._changed = anyio.Event()
         await self._changed.wait()
 
     # --- internals -----------------------------------------------------------------------
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     def _topic(self, topic: str) -> _Topic:
         log = self._topics.get(topic)
@@ -238,6 +242,6 @@ def _message(topic: str, partition: int, offset: int, record: _Record) -> Messag
         offset,
         record.value,
         record.key,
-        dict(record.headers),
+        dict(record.headers) if record.headers else {},
         record.timestamp_ms,
     )

@@ -25,7 +25,7 @@ def run_block(code: str, name: str) -> str:
     """Execute one block as a module of its own; return what it printed."""
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
-        exec(compile(code, name, "exec"), {"__name__": name.replace("/", "_")})  # noqa: S102  # our own docs
+        exec(compile(code, name, "exec", dont_inherit=True), {"__name__": name.replace("/", "_")})  # noqa: S102  # our own docs
     return output.getvalue()
 
 
@@ -60,3 +60,15 @@ def test_the_lifespan_examples_print_what_their_comments_say() -> None:
     assert run_block(limits, "docs/limits").splitlines() == [
         "resource Model failed to start: did not finish within 0.1 s"
     ]
+
+
+def test_the_handler_examples_print_what_their_comments_say() -> None:
+    """The handler, injection and dead-letter examples print the documented values."""
+    handler, injection, dead_letter = python_blocks(DOCS / "handlers.md")
+    assert run_block(handler, "docs/handler") == '[b\'{"species":"setosa"}\']\n'
+    assert run_block(injection, "docs/injection") == (
+        '[b\'{"item":"pear","from":"orders[0]@0"}\']\n'
+    )
+    assert run_block(dead_letter, "docs/dead_letter") == (
+        "b'42 EUR' bank unreachable (attempt 2) 2\n"
+    )

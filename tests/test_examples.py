@@ -10,11 +10,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_the_lifespan_demo_classifies_and_cleans_up(tmp_path: Path) -> None:
-    """The demo program starts, classifies three flowers, and finalizes its resources."""
+def test_the_iris_service_demo_classifies_audits_and_cleans_up(tmp_path: Path) -> None:
+    """Make demo's service classifies three flowers, dead-letters the bad one, and stops cleanly."""
     log = tmp_path / "predictions.log"
     result = subprocess.run(
-        [sys.executable, "-m", "examples.lifespan_demo"],
+        [sys.executable, "-m", "examples.iris_service"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -24,11 +24,17 @@ def test_the_lifespan_demo_classifies_and_cleans_up(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert [line.rsplit(" -> ", 1)[1] for line in lines if " -> " in line] == [
-        "setosa",
-        "versicolor",
-        "virginica",
-    ]
-    assert lines[-2:] == ["model released", "prediction log closed"]
+    assert (
+        "audited: ['flower-1 -> setosa', 'flower-2 -> versicolor', 'flower-3 -> virginica']"
+        in lines
+    )
+    assert any(
+        line.startswith("dead letter {'sepal_length': -1} (ValidationError)") for line in lines
+    )
+    assert lines[-2:] == ["model released", "prediction log closed after 3 lines"]
     assert "startup report: 3 of 3 resources ready" in result.stderr
-    assert len(log.read_text().splitlines()) == 3
+    assert log.read_text().splitlines() == [
+        "flower-1 -> setosa",
+        "flower-2 -> versicolor",
+        "flower-3 -> virginica",
+    ]
