@@ -198,10 +198,15 @@ class App:
     # --- lifespan ------------------------------------------------------------------------
 
     async def __aenter__(self) -> App:
+        await self._start(self._plan())
+        return self
+
+    async def _start(self, plan: LifespanPlan) -> None:
+        """Run the startup of ``plan``; the test client starts the app with a changed plan."""
         if self._state is not AppState.STOPPED:
             raise LifespanStateError("start the app", f"{self._state} already")
         self._state = AppState.STARTING
-        run = self._run = LifespanRun(self._plan())
+        run = self._run = LifespanRun(plan)
         try:
             await run.startup()
         except BaseException:
@@ -211,7 +216,6 @@ class App:
         finally:
             self._last_report = run.report
         self._state = AppState.RUNNING
-        return self
 
     async def __aexit__(
         self,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +54,7 @@ DEAD_LETTER_HEADERS = {
     "attempts": "x-attempts",
 }
 MAX_RECORDS = 500
+ErrorReport = Callable[[BaseException], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +110,13 @@ class SubscriberLoop:
     its queue runs dry, so a slow partition holds up no other.
     """
 
-    def __init__(self, handler: BoundHandler, consumer: Consumer, broker: Broker) -> None:
+    def __init__(
+        self,
+        handler: BoundHandler,
+        consumer: Consumer,
+        broker: Broker,
+        report_error: ErrorReport | None = None,
+    ) -> None:
         spec = handler.spec
         self.name = spec.name
         self._handler = handler
@@ -119,6 +126,7 @@ class SubscriberLoop:
         self._retry = spec.retry
         self._dead_letter = spec.dead_letter
         self.concurrency = spec.max_concurrency
+        self._report_error = report_error
         self._deliveries: list[Delivery] = []
         self._done: dict[TopicPartition, int] = {}
         self._settling = anyio.Lock()
@@ -163,9 +171,14 @@ class SubscriberLoop:
         try:
             await self._attempt(message)
         except InvalidBodyError as error:
-            await self._give_up(message, error, reason=f"has an invalid body: {error.reason}")
+            if self._report_error is not None:
+                self._report_error(error.__cause__ or error)
+            else:
+                await self._give_up(message, error, reason=f"has an invalid body: {error.reason}")
         except Exception as error:  # noqa: BLE001  # a handler's failure is retried, then dead-lettered
-            if self._retry is not None and self._retry.attempts > 1:
+            if self._report_error is not None:
+                self._report_error(error)
+            elif self._retry is not None and self._retry.attempts > 1:
                 await self._retry_from(message, error)
             else:
                 await self._give_up(message, error, reason=f"failed: {describe(error)}")
@@ -331,10 +344,13 @@ class Subscribers:
         broker: Broker,
         handlers: Sequence[BoundHandler],
         limit: float,
+        report_error: ErrorReport | None = None,
     ) -> None:
         """Subscribe each handler and start its loop; return once every one is fetching.
 
         Each subscription gets ``limit`` seconds; a failure raises StartupError naming it.
+        With ``report_error``, a handler's failure is handed to it instead of being retried
+        and dead-lettered (the test client raises it in the test).
         """
         tasks = self._tasks = anyio.create_task_group()
         await tasks.__aenter__()
@@ -350,7 +366,7 @@ class Subscribers:
                 raise StartupError(what, describe(error)) from error
             if deadline.cancelled_caught:
                 raise StartupTimeoutError(what, limit)
-            loop = SubscriberLoop(handler, consumer, broker)
+            loop = SubscriberLoop(handler, consumer, broker, report_error)
             self._loops.append(loop)
             await tasks.start(loop.run)
 

@@ -69,6 +69,7 @@ class LifespanPlan:
     shutdown_timeout: float
     graceful_timeout: float
     startup_timeouts: Mapping[Any, float]
+    report_error: Callable[[BaseException], None] | None = None
 
 
 class LifespanRun:
@@ -177,7 +178,9 @@ class LifespanRun:
         await self._bounded_start(f"the broker ({broker.url})", broker.start)
         self._broker_started = True
         # Not under _bounded_start: the subscribers' task group must outlive this call.
-        await self._subscribers.start(broker, handlers, self._plan.startup_timeout)
+        await self._subscribers.start(
+            broker, handlers, self._plan.startup_timeout, self._plan.report_error
+        )
 
     async def _enter_user_lifespan(self) -> None:
         factory = self._plan.lifespan

@@ -6,6 +6,8 @@ import inspect
 
 import pytest
 
+pytest_plugins = ["pytester"]
+
 
 @pytest.fixture
 def anyio_backend() -> str:
