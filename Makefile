@@ -35,6 +35,7 @@ docs: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/startup.py
+	$(BIN)/python benchmarks/overhead.py
 
 check: test lint typecheck docs
 

@@ -186,7 +186,10 @@ class BoundHandler:
         """Decode the body, inject, call the handler; return what it returned."""
         arguments = self._app_values.copy()
         if self._body is not None:
-            arguments[self._body] = self._decoded(message)
+            try:
+                arguments[self._body] = self._decode(message.value)  # type: ignore[misc]  # set with _body
+            except (pydantic.ValidationError, UnicodeDecodeError) as error:
+                raise InvalidBodyError(message, describe(error)) from error
         if self._message is not None:
             arguments[self._message] = message
         if not self._request:
@@ -195,12 +198,6 @@ class BoundHandler:
             for parameter, key in self._request:
                 arguments[parameter] = await request.get(key.type_hint, key.component)
             return await self._call(**arguments)
-
-    def _decoded(self, message: Message) -> Any:
-        try:
-            return self._decode(message.value)  # type: ignore[misc]  # set whenever _body is
-        except (pydantic.ValidationError, UnicodeDecodeError) as error:
-            raise InvalidBodyError(message, describe(error)) from error
 
 
 async def _in_thread(func: Callable[..., Any], **arguments: Any) -> Any:

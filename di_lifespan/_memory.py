@@ -91,7 +91,7 @@ class MemoryBroker:
         headers: Mapping[str, bytes] | None = None,
     ) -> Delivery | None:
         """Store the message in its partition; it is acknowledged at once."""
-        log = self._topic(topic)
+        log = self._topics.get(topic) or self._topic(topic)
         partition = next(log.next_keyless) if key is None else zlib.crc32(key) % len(log.partitions)
         record = _Record(value, key, headers or {}, time.time_ns() // 1_000_000)
         log.partitions[partition].append(record)
