@@ -83,6 +83,42 @@ BODY = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_wid
 Run = Callable[[int], Awaitable[float]]
 
 
+# --- the handlers both sides run --------------------------------------------------------------
+
+
+async def predict(
+    data: IrisInput, model: FromDishka[Model], scaler: FromDishka[Scaler]
+) -> IrisPrediction:
+    return IrisPrediction(species=model.predict(data))
+
+
+async def predict_traced(
+    data: IrisInput,
+    model: FromDishka[Model],
+    scaler: FromDishka[Scaler],
+    trace: FromDishka[Trace],
+) -> IrisPrediction:
+    return IrisPrediction(species=model.predict(data))
+
+
+def handler_for(variant: str) -> Callable[..., Awaitable[IrisPrediction]]:
+    return predict_traced if variant == "request" else predict
+
+
+class Sink:
+    """Counts the predictions that reach the output topic."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.received = 0
+        self.done = anyio.Event()
+
+    async def __call__(self, prediction: IrisPrediction) -> None:
+        self.received += 1
+        if self.received == self.expected:
+            self.done.set()
+
+
 # --- di_lifespan -----------------------------------------------------------------------------
 
 
@@ -90,45 +126,16 @@ def ours(variant: str) -> Run:
     async def run(count: int) -> float:
         broker = MemoryBroker()
         app = App(Resources(), broker=broker)
-        sunk = anyio.Event()
-        received = 0
-
-        if variant == "request":
-
-            @app.subscriber("in")
-            @app.publisher("out")
-            async def predict_traced(
-                data: IrisInput,
-                model: FromDishka[Model],
-                scaler: FromDishka[Scaler],
-                trace: FromDishka[Trace],
-            ) -> IrisPrediction:
-                return IrisPrediction(species=model.predict(data))
-
-        else:
-
-            @app.subscriber("in")
-            @app.publisher("out")
-            async def predict(
-                data: IrisInput, model: FromDishka[Model], scaler: FromDishka[Scaler]
-            ) -> IrisPrediction:
-                return IrisPrediction(species=model.predict(data))
-
+        app.subscriber("in")(app.publisher("out")(handler_for(variant)))
+        sink = Sink(count)
         if variant == "sink":
-
-            @app.subscriber("out")
-            async def sink(prediction: IrisPrediction) -> None:
-                nonlocal received
-                received += 1
-                if received == count:
-                    sunk.set()
-
+            app.subscriber("out")(sink.__call__)
         async with app:
             began = time.perf_counter()
             for _ in range(count):
                 await app.publish("in", BODY)
             if variant == "sink":
-                await sunk.wait()
+                await sink.done.wait()
             else:
                 while broker.pending():
                     await broker.wait_for_change()
@@ -147,36 +154,10 @@ def faststream(variant: str) -> Run:
     async def run(count: int) -> float:
         broker = KafkaBroker()
         app = FastStream(broker)
-        received = 0
-
-        if variant == "request":
-
-            @broker.subscriber("in")
-            @broker.publisher("out")
-            async def predict_traced(
-                data: IrisInput,
-                model: FromDishka[Model],
-                scaler: FromDishka[Scaler],
-                trace: FromDishka[Trace],
-            ) -> IrisPrediction:
-                return IrisPrediction(species=model.predict(data))
-
-        else:
-
-            @broker.subscriber("in")
-            @broker.publisher("out")
-            async def predict(
-                data: IrisInput, model: FromDishka[Model], scaler: FromDishka[Scaler]
-            ) -> IrisPrediction:
-                return IrisPrediction(species=model.predict(data))
-
+        broker.subscriber("in")(broker.publisher("out")(handler_for(variant)))
+        sink = Sink(count)
         if variant == "sink":
-
-            @broker.subscriber("out")
-            async def sink(prediction: IrisPrediction) -> None:
-                nonlocal received
-                received += 1
-
+            broker.subscriber("out")(sink.__call__)
         container = make_async_container(FastStreamResources(), FastStreamProvider())
         setup_dishka(container, app, auto_inject=True)
         async with TestKafkaBroker(broker) as test_broker:
@@ -185,7 +166,7 @@ def faststream(variant: str) -> Run:
                 await test_broker.publish(BODY, "in")
             elapsed = time.perf_counter() - began
         await container.close()
-        if variant == "sink" and received != count:
+        if variant == "sink" and sink.received != count:
             raise RuntimeError("FastStream's sink did not receive every result")
         return elapsed / count
 
