@@ -166,21 +166,29 @@ class BoundHandler:
         container: AsyncContainer,
         graph: ResourceGraph,
     ) -> BoundHandler:
-        """Resolve the APP dependencies once; check that every other one is REQUEST-scoped."""
+        """Resolve the APP dependencies once; the others are resolved per message.
+
+        ``check`` has already made sure that every dependency is provided in some scope.
+        """
         app_values: dict[str, Any] = {}
         request: dict[str, DependencyKey] = {}
         for parameter, key in spec.signature.dependencies.items():
             if graph.provides(key):
                 app_values[parameter] = await container.get(key.type_hint, key.component)
-            elif scope_of(container, key) is not None:
-                request[parameter] = key
             else:
+                request[parameter] = key
+        return cls(spec, container, app_values, request)
+
+    @staticmethod
+    def check(spec: HandlerSpec, container: AsyncContainer, graph: ResourceGraph) -> None:
+        """Raise DependencyError for a dependency that no provider gives, in any scope."""
+        for parameter, key in spec.signature.dependencies.items():
+            if not graph.provides(key) and scope_of(container, key) is None:
                 raise DependencyError(
                     f"handler {spec.name}",
                     parameter,
                     f"asks for {key_name(key)}, which no provider gives",
                 )
-        return cls(spec, container, app_values, request)
 
     async def __call__(self, message: Message) -> Any:
         """Decode the body, inject, call the handler; return what it returned."""

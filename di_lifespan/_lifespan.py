@@ -38,7 +38,7 @@ from ._errors import (
     StartupTimeoutError,
     describe,
 )
-from ._graph import ResourceGraph, key_name, scope_of
+from ._graph import ResourceGraph, key_name
 from ._handlers import BoundHandler, HandlerSpec
 from ._hooks import Hook
 from ._message import Message
@@ -161,13 +161,7 @@ class LifespanRun:
 
     def _check_handlers(self, container: AsyncContainer, graph: ResourceGraph) -> None:
         for spec in self._plan.handlers:
-            for parameter, key in spec.signature.dependencies.items():
-                if not graph.provides(key) and scope_of(container, key) is None:
-                    raise DependencyError(
-                        f"handler {spec.name}",
-                        parameter,
-                        f"asks for {key_name(key)}, which no provider gives",
-                    )
+            BoundHandler.check(spec, container, graph)
 
     async def _bind_handlers(self) -> list[BoundHandler]:
         container = self._built_container()
