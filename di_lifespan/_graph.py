@@ -31,6 +31,7 @@ _EAGER_TYPES = frozenset(
         FactoryType.COLLECTION,
     },
 )
+_DISPATCHERS = frozenset({FactoryType.SELECTOR, FactoryType.COLLECTION})
 _LONG_LIVED_SCOPES = (Scope.RUNTIME, Scope.APP)
 
 
@@ -168,9 +169,10 @@ def _long_lived_factories(container: AsyncContainer) -> dict[DependencyKey, Fact
 
 
 def _is_node(key: DependencyKey, factory: Factory, variants: set[DependencyKey]) -> bool:
+    # A selector or collection is not cached itself, but creates (and caches) its variants.
     return (
         factory.type in _EAGER_TYPES
-        and factory.cache
+        and (factory.cache or factory.type in _DISPATCHERS)
         and key.depth == 0
         and not key.is_marker()
         and key not in variants

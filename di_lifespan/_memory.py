@@ -22,12 +22,9 @@ from ._message import Message
 __all__ = ["MemoryBroker"]
 
 
-@dataclass(slots=True)
-class _Record:
-    value: bytes
-    key: bytes | None
-    headers: Mapping[str, bytes]
-    timestamp_ms: int
+# A stored message: value, key, headers (None when there are none), timestamp in ms. A tuple,
+# not a class: building one per send is the memory broker's hottest line.
+_Record = tuple[bytes, bytes | None, Mapping[str, bytes] | None, int]
 
 
 @dataclass(slots=True)
@@ -93,8 +90,7 @@ class MemoryBroker:
         """Store the message in its partition; it is acknowledged at once."""
         log = self._topics.get(topic) or self._topic(topic)
         partition = next(log.next_keyless) if key is None else zlib.crc32(key) % len(log.partitions)
-        record = _Record(value, key, headers or {}, time.time_ns() // 1_000_000)
-        log.partitions[partition].append(record)
+        log.partitions[partition].append((value, key, headers or None, time.time_ns() // 1_000_000))
         self._notify()
         return None
 
@@ -236,12 +232,7 @@ class _MemoryConsumer:
 
 
 def _message(topic: str, partition: int, offset: int, record: _Record) -> Message:
+    value, key, headers, timestamp_ms = record
     return Message(
-        topic,
-        partition,
-        offset,
-        record.value,
-        record.key,
-        dict(record.headers) if record.headers else {},
-        record.timestamp_ms,
+        topic, partition, offset, value, key, dict(headers) if headers else {}, timestamp_ms
     )

@@ -440,3 +440,108 @@ def test_graph_reads_only_long_lived_cached_factories() -> None:
 
     graph = ResourceGraph(make_async_container(Mixed(), context={Settings: Settings()}))
     assert [node.name for node in graph.nodes.values()] == ["Database"]
+
+
+class Backend:
+    """Chosen by a marker: a fake in development, the real one otherwise."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+
+async def test_only_the_active_when_variant_is_created() -> None:
+    """With dishka's when= variants, eager startup creates the chosen variant, not the others."""
+    from dishka import Marker, activate
+
+    class Development(Marker):
+        """Active when the settings say so."""
+
+    created: list[str] = []
+
+    class Backends(Provider):
+        @provide(scope=Scope.APP)
+        def settings(self) -> Settings:
+            return Settings()
+
+        @provide(scope=Scope.APP)
+        def real(self) -> Iterator[Backend]:
+            created.append("real")
+            yield Backend("real")
+
+        @provide(scope=Scope.APP, when=Development("on"))
+        def fake(self) -> Iterator[Backend]:
+            created.append("fake")
+            yield Backend("fake")
+
+        @activate(Development("on"))
+        def development(self, settings: Settings) -> bool:
+            created.append("marker")
+            return True
+
+    app = App(Backends())
+    async with app:
+        assert (await app.container.get(Backend)).kind == "fake"
+    assert created == ["marker", "fake"]
+    report = app.startup_report
+    assert report is not None
+    assert [entry.name for entry in report.resources] == ["Settings", "Backend"]
+
+
+class Clock:
+    """A RUNTIME-scoped resource: outlives the APP scope."""
+
+
+async def test_runtime_scoped_resources_start_eagerly_and_close_last() -> None:
+    """A RUNTIME resource is created at startup and finalized after the APP ones."""
+    journal = Journal()
+
+    class Mixed(Provider):
+        @provide(scope=Scope.RUNTIME)
+        def clock(self) -> Iterator[Clock]:
+            journal("+Clock")
+            yield Clock()
+            journal("-Clock")
+
+        @provide(scope=Scope.APP)
+        def settings(self, clock: Clock) -> Iterator[Settings]:
+            journal("+Settings")
+            yield Settings()
+            journal("-Settings")
+
+    async with App(Mixed()):
+        assert journal.events == ["+Clock", "+Settings"]
+    assert journal.events[2:] == ["-Settings", "-Clock"]
+
+
+class Plugin:
+    """One of several implementations gathered with dishka's collect()."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+async def test_a_collection_creates_every_item_once_at_startup() -> None:
+    """A collect() of dishka gathers every Plugin; each is created once, at startup."""
+    from dishka import collect
+
+    created: list[str] = []
+
+    class Plugins(Provider):
+        plugins = collect(Plugin, scope=Scope.APP)
+
+        @provide(scope=Scope.APP)
+        def first(self) -> Plugin:
+            created.append("first")
+            return Plugin("first")
+
+        @provide(scope=Scope.APP)
+        def second(self) -> Plugin:
+            created.append("second")
+            return Plugin("second")
+
+    app = App(Plugins())
+    async with app:
+        assert sorted(created) == ["first", "second"]
+        plugins = await app.container.get(list[Plugin])
+        assert sorted(plugin.name for plugin in plugins) == ["first", "second"]
+    assert sorted(created) == ["first", "second"]
