@@ -405,3 +405,15 @@ async def test_the_users_own_message_context_is_accepted() -> None:
 async def test_anyio_is_used_in_tests() -> None:
     """The anyio plugin runs these tests (a sanity check on the test setup itself)."""
     await anyio.lowlevel.checkpoint()
+
+
+async def test_a_handler_stays_a_plain_function_for_direct_calls() -> None:
+    """Under @subscriber and @publisher the name is the plain function: a call just returns."""
+    app = App()
+
+    @app.subscriber("in")
+    @app.publisher("out")
+    async def double(number: int) -> int:
+        return number * 2
+
+    assert await double(21) == 42  # no running app needed: nothing is published
