@@ -22,6 +22,7 @@ from dishka.integrations.base import default_parse_dependency
 from ._codec import decoder_for
 from ._errors import ConfigurationError, DependencyError, describe
 from ._graph import ResourceGraph, key_name, scope_of
+from ._hooks import function_name
 from ._message import Message
 
 __all__ = ["BoundHandler", "HandlerSpec", "InvalidBodyError", "Retry", "Signature"]
@@ -120,7 +121,7 @@ class HandlerSpec:
 
     @property
     def name(self) -> str:
-        return getattr(self.func, "__qualname__", repr(self.func))
+        return function_name(self.func)
 
     def bind(self, container: AsyncContainer, graph: ResourceGraph) -> Awaitable[BoundHandler]:
         return BoundHandler.create(self, container, graph)

@@ -12,7 +12,7 @@ from dishka.integrations.base import default_parse_dependency
 
 from ._errors import ConfigurationError
 
-__all__ = ["Hook", "injected_parameters"]
+__all__ = ["Hook", "function_name", "injected_parameters"]
 
 
 def injected_parameters(func: Callable[..., Any], where: str) -> dict[str, DependencyKey]:
@@ -54,12 +54,12 @@ class Hook:
     def parse(cls, func: Callable[..., Any], stage: str) -> Hook:
         if not callable(func):
             raise ConfigurationError(f"app.{stage}", f"expected a function, got {func!r}")
-        where = f"{stage} hook {_name(func)}"
+        where = f"{stage} hook {function_name(func)}"
         return cls(func, stage, injected_parameters(func, where))
 
     @property
     def name(self) -> str:
-        return f"{self.stage} hook {_name(self.func)}"
+        return f"{self.stage} hook {function_name(self.func)}"
 
     async def call(self, container: AsyncContainer) -> None:
         arguments = {
@@ -71,5 +71,6 @@ class Hook:
             await result
 
 
-def _name(func: Callable[..., Any]) -> str:
+def function_name(func: Callable[..., Any]) -> str:
+    """How log lines and errors name a hook, handler or publisher: its qualified name."""
     return getattr(func, "__qualname__", None) or repr(func)

@@ -160,7 +160,9 @@ class ResourceSet:
             raise
         except Exception as error:  # noqa: BLE001  # any setup error fails the start, named
             self.report.end(entry, Outcome.FAILED, describe(error))
-            failure = StartupError(f"resource {node.name}", describe(error), path=self._path(key))
+            failure = StartupError(
+                f"resource {node.name}", describe(error), path=self._graph.path_to(key)
+            )
             failure.__cause__ = error
             failures.append(failure)
             cancel_all()
@@ -168,15 +170,12 @@ class ResourceSet:
         if deadline.cancelled_caught:
             self.report.end(entry, Outcome.TIMED_OUT, f"over the {limit:g} s limit")
             failures.append(
-                StartupTimeoutError(f"resource {node.name}", limit, path=self._path(key))
+                StartupTimeoutError(f"resource {node.name}", limit, path=self._graph.path_to(key))
             )
             cancel_all()
             return
         self.report.end(entry, Outcome.OK)
         self._ready[key].set()
-
-    def _path(self, key: DependencyKey) -> tuple[str, ...]:
-        return self._graph.path_to(key)
 
     async def close(self, exception: BaseException | None) -> list[ShutdownStepError]:
         """Run every finalizer in reverse creation order; return the failures, each logged."""

@@ -9,6 +9,7 @@ from typing import Any, Protocol, TypeVar
 
 from ._errors import ConfigurationError, LifespanStateError
 from ._handlers import HandlerSpec, Retry, Signature
+from ._hooks import function_name
 
 __all__ = [
     "DEFAULT_DEAD_LETTER",
@@ -33,7 +34,7 @@ def check_publishing(functions: list[PublishingFunction]) -> None:
     for item in functions:
         if not inspect.iscoroutinefunction(item.func):
             raise ConfigurationError(
-                f"@publisher on {_name(item.func)}",
+                f"@publisher on {function_name(item.func)}",
                 "a function that publishes its return value when called must be async"
                 " (or be a subscriber too)",
             )
@@ -54,7 +55,7 @@ class PublishingFunction:
             app = self._router.app
             if app is None:
                 raise LifespanStateError(
-                    f"publish the result of {_name(self.func)}", "not included in any app"
+                    f"publish the result of {function_name(self.func)}", "not included in any app"
                 )
             for topic in self.topics:
                 await app.publish(topic, result)
@@ -119,7 +120,7 @@ class Router:
                 retry,
                 dead_letter,
                 max_concurrency,
-                Signature.read(target, f"handler {_name(target)}"),
+                Signature.read(target, f"handler {function_name(target)}"),
                 topics_out,
             )
             self.handlers.append(spec)
@@ -191,7 +192,3 @@ class Router:
 def _check_topic(where: str, topic: object) -> None:
     if not isinstance(topic, str) or not topic.strip():
         raise ConfigurationError(where, f"a topic must be a non-empty string, got {topic!r}")
-
-
-def _name(func: Callable[..., Any]) -> str:
-    return getattr(func, "__qualname__", None) or repr(func)
