@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
 import signal
-from collections.abc import Callable, Mapping
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -28,8 +27,9 @@ from ._errors import (
 )
 from ._handlers import Retry
 from ._hooks import Hook
-from ._lifespan import LifespanPlan, LifespanRun
+from ._lifespan import AppState, LifespanPlan, LifespanRun
 from ._message import Headers
+from ._overrides import Override, resolve_overrides
 from ._report import StartupReport
 from ._router import DEFAULT_DEAD_LETTER, DEFAULT_RETRY, Router
 from ._settings import settings_provider
@@ -44,15 +44,6 @@ _STAGES = ("on_startup", "after_startup", "on_shutdown", "after_shutdown")
 DEFAULT_STARTUP_TIMEOUT = 60.0
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 DEFAULT_GRACEFUL_TIMEOUT = 30.0
-
-
-class AppState(enum.StrEnum):
-    """Where an app is in its lifespan. A stopped app can be started again."""
-
-    STOPPED = "stopped"
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPING = "stopping"
 
 
 class App:
@@ -103,8 +94,8 @@ class App:
         if settings is not None:
             settings_provider(settings, None)  # checks the class now, not at startup
         self._hooks: dict[str, list[Hook]] = {stage: [] for stage in _STAGES}
-        self._state = AppState.STOPPED
         self._run: LifespanRun | None = None
+        self._entered: list[AbstractAsyncContextManager[App]] = []  # by `async with app`
         self._last_report: StartupReport | None = None
         self._shutdown_failures: list[ShutdownStepError] = []
         self._forced_stop = False
@@ -150,7 +141,7 @@ class App:
 
         ``bytes`` are sent as they are, ``str`` as UTF-8, anything else as JSON.
         """
-        if self._run is None or self._state is AppState.STOPPED:
+        if self._run is None:
             raise LifespanStateError("publish", str(self._state))
         await self._run.publisher.publish(topic, value, key=key, headers=headers)
 
@@ -184,6 +175,10 @@ class App:
         return self._state
 
     @property
+    def _state(self) -> AppState:
+        return AppState.STOPPED if self._run is None else self._run.state
+
+    @property
     def container(self) -> AsyncContainer:
         """The app's dishka container, from the start of startup to the end of shutdown."""
         if self._run is None or self._run.container is None:
@@ -193,29 +188,80 @@ class App:
     @property
     def startup_report(self) -> StartupReport | None:
         """What happened to each resource in the latest startup (None before the first)."""
+        if self._run is not None and self._run.report is not None:
+            return self._run.report
         return self._last_report
 
     # --- lifespan ------------------------------------------------------------------------
 
-    async def __aenter__(self) -> App:
-        await self._start(self._plan())
-        return self
+    @asynccontextmanager
+    async def lifespan(
+        self,
+        *,
+        broker: str | Broker | None = None,
+        overrides: Sequence[BaseProvider | Override] = (),
+        context: Mapping[Any, Any] | None = None,
+        graceful_timeout: float | None = None,
+        on_handler_error: Callable[[BaseException], None] | None = None,
+    ) -> AsyncIterator[App]:
+        """Run the app's whole lifespan around the ``async with`` block.
 
-    async def _start(self, plan: LifespanPlan) -> None:
-        """Run the startup of ``plan``; the test client starts the app with a changed plan."""
-        if self._state is not AppState.STOPPED:
+        ``async with app`` is ``async with app.lifespan()``.
+        The arguments change this run only, not the app: ``broker`` instead of the app's,
+        ``overrides`` (dishka providers, or ``override(Type, value)``) replacing the app's
+        factories for the same types, ``context`` added to the app's, another
+        ``graceful_timeout``. With ``on_handler_error`` a handler's exception is handed to it
+        instead of being retried and dead-lettered (what the test client does).
+
+        Raises StartupError when the app could not start (what had started is stopped again),
+        and ShutdownError when steps of the shutdown failed. An exception of the block itself
+        is raised as it is, with the shutdown's failures as notes.
+        """
+        plan = self._plan(
+            broker=broker,
+            overrides=overrides,
+            context=context,
+            graceful_timeout=graceful_timeout,
+            report_error=on_handler_error,
+        )
+        if self._run is not None:
             raise LifespanStateError("start the app", f"{self._state} already")
-        self._state = AppState.STARTING
-        run = self._run = LifespanRun(plan)
+        # A subscriber that crashes stops the app and cancels the block: it cannot go on.
+        body = anyio.CancelScope()
+        run = self._run = LifespanRun(plan, on_crash=body.cancel)
+        body_error: BaseException | None = None
         try:
-            await run.startup()
-        except BaseException:
-            self._run = None
-            self._state = AppState.STOPPED
-            raise
+            async with anyio.create_task_group() as runner:
+                await runner.start(run.main)
+                if run.startup_error is None:
+                    try:
+                        with body:
+                            yield self
+                    except BaseException as error:  # noqa: BLE001  # raised again below, after the shutdown
+                        body_error = error
+                    run.request_stop(body_error)
         finally:
+            self._run = None
             self._last_report = run.report
-        self._state = AppState.RUNNING
+            self._forced_stop = self._forced_stop or run.forced
+        self._raise_outcome(run, body_error)
+
+    def _raise_outcome(self, run: LifespanRun, body_error: BaseException | None) -> None:
+        self._shutdown_failures = run.failures
+        if run.startup_error is not None:
+            raise run.startup_error
+        if body_error is not None:
+            for failure in run.failures:
+                body_error.add_note(f"while stopping: {failure}")
+            raise body_error
+        if run.failures:
+            raise ShutdownError("the app stopped with errors", run.failures)
+
+    async def __aenter__(self) -> App:
+        manager = self.lifespan()
+        await manager.__aenter__()
+        self._entered.append(manager)
+        return self
 
     async def __aexit__(
         self,
@@ -223,48 +269,61 @@ class App:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        run = self._run
-        if run is None or self._state is not AppState.RUNNING:
+        if not self._entered:
             raise LifespanStateError("stop the app", str(self._state))
-        self._state = AppState.STOPPING
-        try:
-            failures = await run.shutdown(exc)
-        finally:
-            self._run = None
-            self._state = AppState.STOPPED
-        self._shutdown_failures = failures
-        # A subscriber that crashed cancelled the body: its error replaces that cancellation.
-        if failures and (exc is None or run.crashes):
-            raise ShutdownError("the app stopped with errors", failures)
+        await self._entered.pop().__aexit__(exc_type, exc, traceback)
 
-    def _plan(self) -> LifespanPlan:
+    def _plan(
+        self,
+        *,
+        broker: str | Broker | None = None,
+        overrides: Sequence[BaseProvider | Override] = (),
+        context: Mapping[Any, Any] | None = None,
+        graceful_timeout: float | None = None,
+        report_error: Callable[[BaseException], None] | None = None,
+    ) -> LifespanPlan:
         providers: list[BaseProvider] = [*self._providers]
         if self._settings is not None:
             providers.append(settings_provider(self._settings, self.env_file))
-        if self._context:
-            providers.append(_context_provider(self._context))
+        all_context = {**self._context, **(context or {})}
+        if all_context:
+            providers.append(_context_provider(all_context))
+        providers += resolve_overrides(overrides, providers)
         return LifespanPlan(
             app=self,
             providers=providers,
-            context=self._context,
+            context=all_context,
             lifespan=self._lifespan,
             hooks={stage: tuple(hooks) for stage, hooks in self._hooks.items()},
             handlers=tuple(self._router.all_handlers()),
             publishing=tuple(self._router.all_publishing()),
-            broker=self.broker,
+            broker=self.broker if broker is None else broker_from(broker),
             startup_timeout=self.startup_timeout,
             shutdown_timeout=self.shutdown_timeout,
-            graceful_timeout=self.graceful_timeout,
+            graceful_timeout=(
+                self.graceful_timeout
+                if graceful_timeout is None
+                else _seconds("graceful_timeout", graceful_timeout)
+            ),
             startup_timeouts=self._startup_timeouts,
+            report_error=report_error,
         )
 
     async def serve(self) -> None:
-        """Start the app and keep it running until this call is cancelled, then stop it."""
-        async with self:
-            await anyio.sleep_forever()
+        """Start the app and serve until this call is cancelled or a subscriber fails, then stop.
+
+        Raises StartupError or ShutdownError as ``async with app`` does.
+        """
+        async with self.lifespan():
+            run = self._run
+            if run is not None:
+                await run.wait_stop_requested()
 
     def force_stop(self) -> None:
-        """Cut a running shutdown short: the step under way and the rest are cancelled."""
+        """Cut a running shutdown short: the step under way and the rest are cancelled.
+
+        Returns at once; safe to call at any time, from the app's event loop.
+        """
         if self._run is not None:
             self._forced_stop = True
             self._run.force_stop()
@@ -272,23 +331,19 @@ class App:
     def run(self) -> None:
         """Serve until SIGINT or SIGTERM, then stop gracefully; a second SIGINT exits at once.
 
-        Exits the process with status 1 when startup or shutdown failed, 130 after a forced
-        stop.
+        Each failure is logged as one line (with its traceback when the log level is DEBUG).
+        Exits the process with status 1 when startup, a subscriber or the shutdown failed,
+        130 after a forced stop.
         """
         _configure_logging()
         self._forced_stop = False
-        failure = anyio.run(self._serve_until_signalled)
-        if failure is not None:
-            logger.error("%s", failure)
-            for note in getattr(failure, "__notes__", ()):
-                logger.error("%s", note)
-            raise SystemExit(1)
+        status = anyio.run(self._serve_until_signalled)
         if self._forced_stop:
             raise SystemExit(130)
-        if self._shutdown_failures:
-            raise SystemExit(1)
+        if status:
+            raise SystemExit(status)
 
-    async def _serve_until_signalled(self) -> StartupError | None:
+    async def _serve_until_signalled(self) -> int:
         serving = anyio.CancelScope()
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with anyio.create_task_group() as watchers:
@@ -297,10 +352,15 @@ class App:
                     with serving:
                         await self.serve()
                 except StartupError as error:
-                    return error
+                    _log_one_line(error)
+                    for note in getattr(error, "__notes__", ()):
+                        logger.error("%s", note)  # noqa: TRY400  # one line each; no traceback
+                    return 1
+                except ShutdownError:
+                    return 1  # each failed step was logged as it failed
                 finally:
                     watchers.cancel_scope.cancel()
-        return None
+        return 0
 
     async def _watch_signals(self, signals: Any, serving: anyio.CancelScope) -> None:
         async for received in signals:
@@ -313,6 +373,11 @@ class App:
             elif received == signal.SIGINT:
                 logger.warning("second interrupt: cancelling the rest of the shutdown")
                 self.force_stop()
+
+
+def _log_one_line(error: BaseException) -> None:
+    debugging = logger.isEnabledFor(logging.DEBUG)
+    logger.error("%s", error, exc_info=error if debugging else None)
 
 
 def _seconds(where: str, value: Any) -> float:

@@ -14,26 +14,36 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
-from tenacity import AsyncRetrying, RetryCallState, stop_after_attempt, wait_exponential
+from anyio.abc import TaskGroup
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_not_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from ._broker import Broker, Consumer, Delivery, Subscription, TopicPartition
 from ._codec import encode_headers, encode_key, encode_value
 from ._errors import (
     DeliveryError,
     ShutdownStepError,
+    ShutdownTimeoutError,
     StartupError,
     StartupTimeoutError,
     describe,
 )
 from ._handlers import BoundHandler, InvalidBodyError
+from ._limits import StopShields, TimeLimit, is_stray_cancellation
 from ._message import Headers, Message
 
 __all__ = [
     "DEAD_LETTER_HEADERS",
+    "ErrorReport",
     "Outgoing",
     "Publisher",
     "SubscriberLoop",
@@ -45,14 +55,17 @@ logger = logging.getLogger("di_lifespan")
 # The acknowledgements the message being handled is waiting for, set per subscriber loop.
 _pending: ContextVar[list[Delivery] | None] = ContextVar("di_lifespan_pending", default=None)
 
-DEAD_LETTER_HEADERS = {
-    "error_type": "x-error-type",
-    "error": "x-error",
-    "topic": "x-original-topic",
-    "partition": "x-original-partition",
-    "offset": "x-original-offset",
-    "attempts": "x-attempts",
-}
+# What each header of a dead letter says, by the name our code and users' code look it up with.
+DEAD_LETTER_HEADERS = MappingProxyType(
+    {
+        "error_type": "x-error-type",
+        "error": "x-error",
+        "topic": "x-original-topic",
+        "partition": "x-original-partition",
+        "offset": "x-original-offset",
+        "attempts": "x-attempts",
+    }
+)
 MAX_RECORDS = 500
 ErrorReport = Callable[[BaseException], None]
 
@@ -101,13 +114,18 @@ class Publisher:
             pending.append(delivery)
 
 
+class _Interrupted(Exception):  # noqa: N818  # not an error: the app stopped during a retry pause
+    """A retry's pause was cut short by a stop; the message stays uncommitted."""
+
+
 class SubscriberLoop:
     """Reads one subscriber's consumer until stopped, and delivers each message to its handler.
 
-    With ``max_concurrency`` 1, each fetched batch is handled in order, then committed. Above
-    1, each partition gets a queue and a worker; up to ``max_concurrency`` workers run at
-    once, a partition's messages stay in order, and a worker commits what is done whenever
-    its queue runs dry, so a slow partition holds up no other.
+    Nothing is fetched before ``deliver()`` (the app's after_startup hooks have passed). With
+    ``max_concurrency`` 1, each fetched batch is handled in order, then committed. Above 1, each
+    partition gets a queue and a worker; up to ``max_concurrency`` workers run at once, a
+    partition's messages stay in order, and a worker commits what is done whenever its queue
+    runs dry, so a slow partition holds up no other.
     """
 
     def __init__(
@@ -115,6 +133,7 @@ class SubscriberLoop:
         handler: BoundHandler,
         consumer: Consumer,
         broker: Broker,
+        shields: StopShields,
         report_error: ErrorReport | None = None,
     ) -> None:
         spec = handler.spec
@@ -122,6 +141,7 @@ class SubscriberLoop:
         self._handler = handler
         self._consumer = consumer
         self._broker = broker
+        self._shields = shields
         self._publish_to = tuple(spec.publish_to)
         self._retry = spec.retry
         self._dead_letter = spec.dead_letter
@@ -131,13 +151,21 @@ class SubscriberLoop:
         self._done: dict[TopicPartition, int] = {}
         self._settling = anyio.Lock()
         self._stopping = False
+        self._stopped = anyio.Event()  # stop() was called: cuts retry pauses short
+        self._open = anyio.Event()  # deliver() or stop() was called
         self.finished = anyio.Event()
 
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Deliver messages until stop(); always leave the consumer group at the end."""
+    async def run(self) -> None:
+        """Deliver messages until stop(); always leave the consumer group at the end.
+
+        Raises DeliveryError when the transport fails under it (a send or commit that cannot
+        succeed); a handler's own failure never ends the loop.
+        """
         _pending.set(self._deliveries)
-        task_status.started()
         try:
+            await self._open.wait()
+            if self._stopping:
+                return
             if self.concurrency == 1:
                 await self._run_in_order()
             else:
@@ -146,13 +174,19 @@ class SubscriberLoop:
         except Exception as error:
             raise DeliveryError(self.name, describe(error)) from error
         finally:
-            with anyio.CancelScope(shield=True):
+            with self._shields.shield():
                 await self._consumer.close()
             self.finished.set()
+
+    def deliver(self) -> None:
+        """Start handling messages (the app is ready)."""
+        self._open.set()
 
     def stop(self) -> None:
         """Finish the message in hand, commit, and return; the rest is read again later."""
         self._stopping = True
+        self._stopped.set()
+        self._open.set()
         self._consumer.stop()
 
     async def fetch(self) -> Sequence[Message]:
@@ -163,26 +197,39 @@ class SubscriberLoop:
             for message in batch:
                 if self._stopping:
                     break
-                await self.deliver(message)
+                await self.deliver_one(message)
             await self.settle()
 
-    async def deliver(self, message: Message) -> None:
-        """Handle one message to its end (result published, or dead-lettered), mark it done."""
+    async def deliver_one(self, message: Message) -> None:
+        """Handle one message to its end (result published, or dead-lettered), mark it done.
+
+        A message whose retries a stop interrupted is not marked done: it is read again.
+        """
         try:
             await self._attempt(message)
+        except _Interrupted:
+            return
         except InvalidBodyError as error:
             if self._report_error is not None:
                 self._report_error(error.__cause__ or error)
             else:
                 await self._give_up(message, error, reason=f"has an invalid body: {error.reason}")
         except Exception as error:  # noqa: BLE001  # a handler's failure is retried, then dead-lettered
-            if self._report_error is not None:
-                self._report_error(error)
-            elif self._retry is not None and self._retry.attempts > 1:
-                await self._retry_from(message, error)
-            else:
-                await self._give_up(message, error, reason=f"failed: {describe(error)}")
+            await self._failed(message, error)
+        except anyio.get_cancelled_exc_class() as error:
+            if not is_stray_cancellation(error):
+                raise
+            # The handler awaited something another task cancelled: that is its failure.
+            await self._failed(message, _HandlerCancelled(describe(error)))
         self._done[(message.topic, message.partition)] = message.offset + 1
+
+    async def _failed(self, message: Message, error: Exception) -> None:
+        if self._report_error is not None:
+            self._report_error(error)
+        elif self._retry is not None and self._retry.attempts > 1:
+            await self._retry_from(message, error)
+        else:
+            await self._give_up(message, error, reason=f"failed: {describe(error)}")
 
     @property
     def stopping(self) -> bool:
@@ -222,8 +269,9 @@ class SubscriberLoop:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(retry.attempts),
             wait=wait_exponential(multiplier=retry.backoff, max=retry.max_backoff),
-            sleep=anyio.sleep,
+            sleep=self._pause,
             reraise=True,
+            retry=retry_if_not_exception_type(_Interrupted),
             before_sleep=lambda state: self._log_retry(message, state),
         )
         try:
@@ -233,9 +281,27 @@ class SubscriberLoop:
                     if number == 1:
                         raise first_error  # noqa: TRY301  # tenacity counts the failure already seen as attempt 1
                     message.attempt = number
-                    await self._attempt(message)
+                    await self._attempt_guarded(message)
+        except _Interrupted:
+            raise
         except Exception as error:  # noqa: BLE001  # retries are spent: dead-letter it
             await self._give_up(message, error, reason=f"failed: {describe(error)}")
+
+    async def _attempt_guarded(self, message: Message) -> None:
+        """One more attempt, where a stray cancellation counts as the handler's failure."""
+        try:
+            await self._attempt(message)
+        except anyio.get_cancelled_exc_class() as error:
+            if not is_stray_cancellation(error):
+                raise
+            raise _HandlerCancelled(describe(error)) from error
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait before the next attempt; a stop ends the wait and the retries."""
+        with anyio.move_on_after(seconds):
+            await self._stopped.wait()
+        if self._stopping:
+            raise _Interrupted
 
     def _log_retry(self, message: Message, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome is not None else None
@@ -248,6 +314,7 @@ class SubscriberLoop:
             self._retry.attempts if self._retry else 1,
             pause,
             describe(error) if error else "",
+            extra=log_fields(self.name, message),
         )
 
     async def _give_up(self, message: Message, error: Exception, *, reason: str) -> None:
@@ -262,6 +329,7 @@ class SubscriberLoop:
                 reason,
                 attempts,
                 exc_info=traceback,
+                extra=log_fields(self.name, message),
             )
             return
         headers = {**message.headers, **_dead_letter_headers(message, error, attempts)}
@@ -276,12 +344,27 @@ class SubscriberLoop:
             topic,
             attempts,
             exc_info=traceback,
+            extra=log_fields(self.name, message),
         )
 
     def _dead_letter_topic(self, message: Message) -> str | None:
         if self._dead_letter is None:
             return None
         return self._dead_letter.replace("{topic}", message.topic)
+
+
+class _HandlerCancelled(Exception):  # noqa: N818  # named for what the handler saw
+    """A handler raised CancelledError without being cancelled: a failure like any other."""
+
+
+def log_fields(handler: str, message: Message) -> dict[str, Any]:
+    """The ``extra=`` of a delivery log record: which handler, and the message's coordinates."""
+    return {
+        "handler": handler,
+        "topic": message.topic,
+        "partition": message.partition,
+        "offset": message.offset,
+    }
 
 
 def _dead_letter_headers(message: Message, error: Exception, attempts: int) -> dict[str, bytes]:
@@ -324,7 +407,7 @@ class _PartitionWorkers:
     async def _work(self, key: TopicPartition, queue: deque[Message]) -> None:
         async with self._limiter:
             while queue and not self._loop.stopping:
-                await self._loop.deliver(queue.popleft())
+                await self._loop.deliver_one(queue.popleft())
                 self._queued -= 1
                 self._progress.set()
                 self._progress = anyio.Event()
@@ -333,93 +416,89 @@ class _PartitionWorkers:
 
 
 class Subscribers:
-    """The subscriber loops of one run, in a task group that lasts from startup to shutdown."""
+    """The subscriber loops of one run, in a task group the run holds from startup to shutdown.
 
-    def __init__(self) -> None:
+    A loop that crashes (its transport failed) is recorded and ``on_crash`` asks the run to
+    stop: the other loops finish their message in hand and commit, as on any graceful stop.
+    """
+
+    def __init__(self, shields: StopShields, on_crash: Callable[[], None]) -> None:
+        self._shields = shields
+        self._on_crash = on_crash
         self._tasks: TaskGroup | None = None
         self._loops: list[SubscriberLoop] = []
+        self.crashes: list[ShutdownStepError] = []
 
     async def start(
         self,
+        tasks: TaskGroup,
         broker: Broker,
         handlers: Sequence[BoundHandler],
         limit: float,
         report_error: ErrorReport | None = None,
     ) -> None:
-        """Subscribe each handler and start its loop; return once every one is fetching.
+        """Subscribe each handler and start its loop, held back until ``deliver()``.
 
         Each subscription gets ``limit`` seconds; a failure raises StartupError naming it.
         With ``report_error``, a handler's failure is handed to it instead of being retried
         and dead-lettered (the test client raises it in the test).
         """
-        tasks = self._tasks = anyio.create_task_group()
-        await tasks.__aenter__()
+        self._tasks = tasks
         for handler in handlers:
             spec = handler.spec
             what = f"subscriber {spec.name} ({', '.join(spec.topics)})"
             try:
-                with anyio.move_on_after(limit) as deadline:
+                with TimeLimit(limit) as time_limit:
                     consumer = await broker.subscribe(
                         Subscription(spec.topics, spec.group, spec.name)
                     )
             except Exception as error:
                 raise StartupError(what, describe(error)) from error
-            if deadline.cancelled_caught:
+            if time_limit.exceeded:
                 raise StartupTimeoutError(what, limit)
-            loop = SubscriberLoop(handler, consumer, broker, report_error)
+            loop = SubscriberLoop(handler, consumer, broker, self._shields, report_error)
             self._loops.append(loop)
-            await tasks.start(loop.run)
+            tasks.start_soon(self._run, loop, name=f"subscriber {spec.name}")
 
-    async def stop(self, graceful_timeout: float) -> None:
-        """Ask every loop to finish its message in hand and commit, within ``graceful_timeout``."""
+    async def _run(self, loop: SubscriberLoop) -> None:
+        try:
+            await loop.run()
+        except DeliveryError as error:
+            self.crashes.append(_crash(error))
+            self._on_crash()
+
+    def deliver(self) -> None:
+        """Let every loop hand messages to its handler."""
+        for loop in self._loops:
+            loop.deliver()
+
+    async def stop(self, graceful_timeout: float) -> list[ShutdownStepError]:
+        """Ask every loop to finish its message in hand and commit, within ``graceful_timeout``.
+
+        Loops still busy after it are cancelled (a sync handler's thread is abandoned): their
+        messages are not committed and are read again. Each is returned as a timeout.
+        """
         for loop in self._loops:
             loop.stop()
         with anyio.move_on_after(graceful_timeout):
             for loop in self._loops:
                 await loop.finished.wait()
-        unfinished = [loop.name for loop in self._loops if not loop.finished.is_set()]
-        if unfinished and self._tasks is not None:
-            logger.warning(
-                "handlers still busy after the %gs graceful timeout, cancelled (their messages"
-                " are not committed and will be read again): %s",
-                graceful_timeout,
-                ", ".join(unfinished),
-            )
-            self._tasks.cancel_scope.cancel()
-
-    async def close(self, exception: BaseException | None) -> list[ShutdownStepError]:
-        """Leave the task group; return how each crashed loop failed.
-
-        ``exception`` is what is ending the run. A cancellation is handed to the task group,
-        which tells its own (a loop crashed) from one that came from outside.
-        """
-        tasks, self._tasks = self._tasks, None
-        if tasks is None:
+        unfinished = [loop for loop in self._loops if not loop.finished.is_set()]
+        if not unfinished or self._tasks is None:
             return []
-        cancelled = exception if isinstance(exception, anyio.get_cancelled_exc_class()) else None
-        try:
-            if cancelled is None:
-                await tasks.__aexit__(None, None, None)
-            else:
-                await tasks.__aexit__(type(cancelled), cancelled, cancelled.__traceback__)
-        except anyio.get_cancelled_exc_class():
-            pass  # the caller's own cancellation: it goes on propagating from the caller
-        except BaseExceptionGroup as group:
-            return [_crash(error) for error in _leaves(group)]
-        return []
+        self._tasks.cancel_scope.cancel()
+        failures: list[ShutdownStepError] = []
+        for loop in unfinished:
+            failure = ShutdownTimeoutError(
+                f"subscriber {loop.name} (graceful_timeout)", graceful_timeout
+            )
+            logger.error("%s; its message in hand is not committed", failure)
+            failures.append(failure)
+        return failures
 
 
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    leaves: list[BaseException] = []
-    for error in group.exceptions:
-        leaves.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
-    return leaves
-
-
-def _crash(error: BaseException) -> ShutdownStepError:
-    step = f"subscriber {error.subscriber}" if isinstance(error, DeliveryError) else "a subscriber"
-    reason = error.reason if isinstance(error, DeliveryError) else describe(error)
-    failure = ShutdownStepError(step, reason)
+def _crash(error: DeliveryError) -> ShutdownStepError:
+    failure = ShutdownStepError(f"subscriber {error.subscriber}", error.reason)
     failure.__cause__ = error
-    logger.error("%s", failure, exc_info=error)
+    logger.error("%s", error, exc_info=error if logger.isEnabledFor(logging.DEBUG) else None)
     return failure

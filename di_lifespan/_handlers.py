@@ -210,5 +210,9 @@ class BoundHandler:
 
 
 async def _in_thread(func: Callable[..., Any], **arguments: Any) -> Any:
-    """Run a sync handler in a worker thread, so it never blocks the event loop."""
-    return await anyio.to_thread.run_sync(partial(func, **arguments))
+    """Run a sync handler in a worker thread, so it never blocks the event loop.
+
+    A thread cannot be interrupted: cancelled (past the graceful timeout), the handler is
+    abandoned, its result ignored and its message left uncommitted.
+    """
+    return await anyio.to_thread.run_sync(partial(func, **arguments), abandon_on_cancel=True)

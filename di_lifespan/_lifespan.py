@@ -1,20 +1,27 @@
-"""One run of an app's lifespan: startup in order, and the shutdown of exactly what started.
+"""One run of an app's lifespan, in one task: startup, serving, and the shutdown of what started.
 
 Startup: build the container (graph and handler signatures checked, nothing started) → enter
 the user's ``lifespan=`` context manager → ``on_startup`` hooks → every long-lived resource,
 concurrently → bind the handlers (their APP dependencies resolved once) → start the broker and
-one subscriber loop per handler → ``after_startup`` hooks. A failure at any step shuts down
-what had started and raises StartupError.
+subscribe one consumer per handler (delivery held back) → ``after_startup`` hooks → delivery
+begins. A failure at any step shuts down what had started; the run then holds a StartupError.
 
 Shutdown: ``on_shutdown`` hooks (reverse order) → subscribers stop fetching, finish the message
 in hand and commit (within ``graceful_timeout``) → the broker flushes and stops →
 ``after_shutdown`` hooks (reverse order) → the user's context manager exits → the finalizers,
 in reverse creation order. Every step runs even when an earlier one failed.
+
+Task ownership: ``LifespanRun.main`` is one task that opens, and later closes, everything the
+run holds: the task group of the resources' tasks (each resource is set up and finalized in a
+task of its own), the task that holds the user's context manager (entered and exited there),
+and the task group of the subscriber loops. Nothing is entered in one call and left in another.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -22,12 +29,13 @@ from functools import partial
 from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup, TaskStatus
 from dishka import AsyncContainer, DependencyKey, Provider, Scope, make_async_container
 from dishka.exception_base import DishkaError
 from dishka.provider import BaseProvider
 
 from ._broker import Broker
-from ._delivery import Publisher, Subscribers
+from ._delivery import ErrorReport, Publisher, Subscribers
 from ._errors import (
     ConfigurationError,
     DependencyError,
@@ -41,16 +49,26 @@ from ._errors import (
 from ._graph import ResourceGraph, key_name
 from ._handlers import BoundHandler, HandlerSpec
 from ._hooks import Hook
+from ._limits import StopShields, TimeLimit, is_stray_cancellation
 from ._message import Message
 from ._report import StartupReport
 from ._resources import Limits, ResourceSet
 from ._router import PublishingFunction, check_publishing
 
-__all__ = ["LifespanPlan", "LifespanRun"]
+__all__ = ["AppState", "LifespanPlan", "LifespanRun"]
 
 logger = logging.getLogger("di_lifespan")
 
 LifespanFactory = Callable[[Any], AbstractAsyncContextManager[Any]]
+
+
+class AppState(enum.StrEnum):
+    """Where an app is in its lifespan. A stopped app can be started again."""
+
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,60 +87,143 @@ class LifespanPlan:
     shutdown_timeout: float
     graceful_timeout: float
     startup_timeouts: Mapping[Any, float]
-    report_error: Callable[[BaseException], None] | None = None
+    report_error: ErrorReport | None = None
 
 
 class LifespanRun:
-    """Starts once and stops once; the app makes a new run for each start."""
+    """Starts once and stops once; the app makes a new run for each start.
 
-    def __init__(self, plan: LifespanPlan) -> None:
+    ``main`` runs the whole lifespan in the task that calls it and never raises but for a
+    cancellation: a failed startup ends it with ``startup_error`` set, and ``failures`` lists
+    every step of the shutdown that failed.
+    """
+
+    def __init__(self, plan: LifespanPlan, on_crash: Callable[[], None] | None = None) -> None:
         self._plan = plan
+        self._on_crash = on_crash
+        self.state = AppState.STARTING
         self.container: AsyncContainer | None = None
         self.report: StartupReport | None = None
-        self._resources: ResourceSet | None = None
-        self._user_lifespan: AbstractAsyncContextManager[Any] | None = None
-        self._ready = False
-        self._forced = False
-        self._stop_scopes: list[anyio.CancelScope] = []
         self.publisher = Publisher(plan.broker)
+        self.startup_error: BaseException | None = None
+        self.failures: list[ShutdownStepError] = []
+        self.ready = False
+        self._shields = StopShields()
+        self._resources: ResourceSet | None = None
+        self._graph: ResourceGraph | None = None
+        self._held: _HeldContext | None = None
         self._broker_started = False
-        self._subscribers = Subscribers()
-        self.crashes: list[ShutdownStepError] = []
+        self._subscribers = Subscribers(self._shields, on_crash=self._crashed)
+        self._stop_requested = anyio.Event()
+        self._exception: BaseException | None = None
 
-    # --- startup -------------------------------------------------------------------------
+    # --- control, from other tasks -------------------------------------------------------
 
-    async def startup(self) -> None:
-        """Start everything, or shut down what started and raise StartupError."""
-        try:
-            await self._start_steps()
-        except BaseException as error:
-            self._log_report(logging.ERROR)
-            await self._roll_back(error)
-            raise
-        self._ready = True
-        self._log_report(logging.INFO)
+    def request_stop(self, exception: BaseException | None = None) -> None:
+        """Begin the shutdown; ``exception`` is what ended the app's use, for the finalizers."""
+        if exception is not None and not isinstance(exception, anyio.get_cancelled_exc_class()):
+            self._exception = exception
+        self._stop_requested.set()
 
-    def _log_report(self, level: int) -> None:
-        if self.report is not None:
-            self.report.finish()
-            logger.log(level, "startup report: %s\n%s", self.report.summary(), self.report)
+    def _crashed(self) -> None:
+        self.request_stop()
+        if self._on_crash is not None:
+            self._on_crash()
 
-    async def _start_steps(self) -> None:
-        resources = self._build()
-        await self._enter_user_lifespan()
+    async def wait_stop_requested(self) -> None:
+        """Return once something asked the run to stop (a caller, a signal, a crash)."""
+        await self._stop_requested.wait()
+
+    def force_stop(self) -> None:
+        """Cancel whatever shutdown step is running and every step after it. Never blocks."""
+        self._shields.force()
+
+    @property
+    def forced(self) -> bool:
+        return self._shields.forced
+
+    # --- the run -------------------------------------------------------------------------
+
+    async def main(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Start, report readiness through ``task_status``, serve until asked to stop, stop.
+
+        A failed startup is rolled back before ``task_status`` is told, so the caller learns
+        of it with everything already shut down.
+        """
+        async with anyio.create_task_group() as tasks:
+            try:
+                await self._start_and_serve(tasks, task_status)
+            except Exception as error:
+                if self.ready:
+                    raise
+                self.startup_error = error
+            finally:
+                self.state = AppState.STOPPING
+                with self._shields.shield():
+                    self.failures += await self._stop_the_rest()
+                self._finish_report()
+                self.state = AppState.STOPPED
+        if self.startup_error is not None:
+            for failure in self.failures:
+                self.startup_error.add_note(f"while rolling back: {failure}")
+            task_status.started()
+
+    async def _start_and_serve(self, tasks: TaskGroup, task_status: TaskStatus[None]) -> None:
+        resources = self._build(tasks)
+        await self._enter_user_lifespan(tasks)
         await self._run_startup_hooks("on_startup", resources)
         await resources.start_all()
         handlers = await self._bind_handlers()
-        await self._start_broker(handlers)
-        await self._run_startup_hooks("after_startup", resources)
+        await self._start_broker()
+        async with anyio.create_task_group() as loops:
+            # Raised inside, a failure would reach the caller wrapped in an ExceptionGroup.
+            failure = await self._serve(loops, handlers, resources, task_status)
+        if failure is not None:
+            raise failure
 
-    def _build(self) -> ResourceSet:
+    async def _serve(
+        self,
+        loops: TaskGroup,
+        handlers: list[BoundHandler],
+        resources: ResourceSet,
+        task_status: TaskStatus[None],
+    ) -> Exception | None:
+        """Subscribe, run after_startup, deliver until asked to stop; return a startup failure."""
+        try:
+            await self._subscribe(loops, handlers)
+            await self._run_startup_hooks("after_startup", resources)
+            self._subscribers.deliver()  # only now may a message reach a handler
+            resources.started()
+            self.ready = True
+            self.state = AppState.RUNNING
+            self._finish_report()
+            task_status.started()
+            await self._stop_requested.wait()
+        except Exception as error:  # noqa: BLE001  # handed to main, which rolls back and reports
+            return error
+        finally:
+            self.state = AppState.STOPPING
+            with self._shields.shield():
+                self.failures += await self._stop_subscribers()
+        return None
+
+    # --- startup -------------------------------------------------------------------------
+
+    def _finish_report(self) -> None:
+        report = self.report
+        if report is None or report.duration is not None:
+            return
+        report.finish()
+        level = logging.INFO if self.ready else logging.ERROR
+        logger.log(level, "startup report: %s\n%s", report.summary(), report)
+
+    def _build(self, tasks: TaskGroup) -> ResourceSet:
         plan = self._plan
         check_publishing(list(plan.publishing))
         try:
             container = make_async_container(
-                *plan.providers,
                 _framework_provider(),
+                *plan.providers,
                 context={**plan.context, Publisher: self.publisher},
                 lock_factory=None,  # resources are created by ResourceSet, in dependency order
             )
@@ -137,15 +238,17 @@ class LifespanRun:
             },
         )
         self._check_hooks(graph)
-        self._check_handlers(container, graph)
+        for spec in plan.handlers:
+            BoundHandler.check(spec, container, graph)
         limits = Limits(
             plan.startup_timeout,
             plan.shutdown_timeout,
             _per_resource_limits(plan.startup_timeouts, graph),
         )
-        self._resources = ResourceSet(container, graph, limits)
-        self.report = self._resources.report
-        return self._resources
+        resources = self._resources = ResourceSet(container, graph, limits, self._shields)
+        resources.open(tasks)
+        self.report = resources.report
+        return resources
 
     def _check_hooks(self, graph: ResourceGraph) -> None:
         for hooks in self._plan.hooks.values():
@@ -159,103 +262,80 @@ class LifespanRun:
                             " (hooks run outside any message, so REQUEST scope is not open)",
                         )
 
-    def _check_handlers(self, container: AsyncContainer, graph: ResourceGraph) -> None:
-        for spec in self._plan.handlers:
-            BoundHandler.check(spec, container, graph)
-
     async def _bind_handlers(self) -> list[BoundHandler]:
-        container = self._built_container()
-        return [await spec.bind(container, self._graph) for spec in self._plan.handlers]
+        container, graph = self._built()
+        return [await spec.bind(container, graph) for spec in self._plan.handlers]
 
-    async def _start_broker(self, handlers: list[BoundHandler]) -> None:
+    async def _start_broker(self) -> None:
         broker = self._plan.broker
         await self._bounded_start(f"the broker ({broker.url})", broker.start)
         self._broker_started = True
-        # Not under _bounded_start: the subscribers' task group must outlive this call.
+
+    async def _subscribe(self, loops: TaskGroup, handlers: list[BoundHandler]) -> None:
+        plan = self._plan
         await self._subscribers.start(
-            broker, handlers, self._plan.startup_timeout, self._plan.report_error
+            loops, plan.broker, handlers, plan.startup_timeout, plan.report_error
         )
 
-    async def _enter_user_lifespan(self) -> None:
+    async def _enter_user_lifespan(self, tasks: TaskGroup) -> None:
         factory = self._plan.lifespan
         if factory is None:
             return
-        manager = factory(self._plan.app)
-        await self._bounded_start("the lifespan context manager", manager.__aenter__)
-        self._user_lifespan = manager
+        what = "the lifespan context manager"
+        try:
+            manager = factory(self._plan.app)
+        except Exception as error:
+            raise StartupError(what, describe(error)) from error
+        held = self._held = _HeldContext(manager, self._shields)
+        tasks.start_soon(held.hold, self._plan.startup_timeout, self._plan.shutdown_timeout)
+        await held.entered.wait()
+        if held.enter_failure is not None:
+            raise held.enter_failure
 
     async def _run_startup_hooks(self, stage: str, resources: ResourceSet) -> None:
-        container = self._built_container()
+        container, _ = self._built()
         for hook in self._plan.hooks[stage]:
             await resources.require(hook.dependencies.values())
             await self._bounded_start(hook.name, partial(hook.call, container))
 
-    def _built_container(self) -> AsyncContainer:
-        if self.container is None:
+    def _built(self) -> tuple[AsyncContainer, ResourceGraph]:
+        if self.container is None or self._graph is None:
             raise RuntimeError("the container is built by the first startup step")
-        return self.container
+        return self.container, self._graph
 
     async def _bounded_start(self, what: str, step: Callable[[], Any]) -> None:
         limit = self._plan.startup_timeout
         try:
-            with anyio.move_on_after(limit) as deadline:
+            with TimeLimit(limit) as time_limit:
                 await step()
+        except anyio.get_cancelled_exc_class() as error:
+            if not is_stray_cancellation(error):
+                raise
+            raise StartupError(what, describe(error)) from error
         except Exception as error:
             raise StartupError(what, describe(error)) from error
-        if deadline.cancelled_caught:
+        if time_limit.exceeded:
             raise StartupTimeoutError(what, limit)
-
-    async def _roll_back(self, error: BaseException) -> None:
-        failures = await self._stop_steps(error)
-        if isinstance(error, anyio.get_cancelled_exc_class()) and self.crashes:
-            # The cancellation came from a subscriber that crashed while the app was starting.
-            crash = self.crashes[0]
-            raise StartupError(crash.step, crash.reason) from crash.__cause__
-        if isinstance(error, StartupError):
-            for failure in failures:
-                error.add_note(f"while rolling back: {failure}")
 
     # --- shutdown ------------------------------------------------------------------------
 
-    async def shutdown(self, exception: BaseException | None) -> list[ShutdownStepError]:
-        """Run every shutdown step; return the failures (each one is also logged)."""
-        return await self._stop_steps(exception)
-
-    def force_stop(self) -> None:
-        """Cancel whatever shutdown step is running and every step after it."""
-        self._forced = True
-        for scope in self._stop_scopes:
-            scope.cancel()
-
-    def _shielded(self) -> anyio.CancelScope:
-        """A scope a cancelled caller cannot interrupt, but force_stop() can."""
-        scope = anyio.CancelScope(shield=True)
-        if self._forced:
-            scope.cancel()
-        self._stop_scopes.append(scope)
-        return scope
-
-    async def _stop_steps(self, exception: BaseException | None) -> list[ShutdownStepError]:
+    async def _stop_subscribers(self) -> list[ShutdownStepError]:
         failures: list[ShutdownStepError] = []
-        with self._shielded():
-            if self._ready:
-                failures += await self._run_shutdown_hooks("on_shutdown")
-            await self._subscribers.stop(self._plan.graceful_timeout)
-        # Outside the shield: the subscribers' task group was entered before it.
-        self.crashes = await self._subscribers.close(exception)
-        failures += self.crashes
-        # A graceful stop arrives as a cancellation; the resources see a clean exit.
-        if isinstance(exception, anyio.get_cancelled_exc_class()):
-            exception = None
-        with self._shielded():
-            failures += await self._stop_broker()
-            if self._ready:
-                failures += await self._run_shutdown_hooks("after_shutdown")
-            failures += await self._exit_user_lifespan(exception)
-            if self._resources is not None:
-                failures += await self._resources.close(exception)
-        self._ready = False
+        if self.ready:
+            failures += await self._run_shutdown_hooks("on_shutdown")
+        failures += await self._subscribers.stop(self._plan.graceful_timeout)
         return failures
+
+    async def _stop_the_rest(self) -> list[ShutdownStepError]:
+        failures = await self._stop_broker()
+        if self.ready:
+            failures += await self._run_shutdown_hooks("after_shutdown")
+        if self._held is not None:
+            failures += await self._held.leave(self._exception)
+        if self._resources is not None:
+            failures += await self._resources.close(self._exception)
+        self.ready = False
+        return self._subscribers.crashes + failures
 
     async def _stop_broker(self) -> list[ShutdownStepError]:
         if not self._broker_started:
@@ -266,28 +346,13 @@ class LifespanRun:
         return [] if failure is None else [failure]
 
     async def _run_shutdown_hooks(self, stage: str) -> list[ShutdownStepError]:
-        container = self._built_container()
+        container, _ = self._built()
         failures = []
         for hook in reversed(self._plan.hooks[stage]):
             failure = await self._bounded_stop(hook.name, partial(hook.call, container))
             if failure is not None:
                 failures.append(failure)
         return failures
-
-    async def _exit_user_lifespan(
-        self,
-        exception: BaseException | None,
-    ) -> list[ShutdownStepError]:
-        manager, self._user_lifespan = self._user_lifespan, None
-        if manager is None:
-            return []
-        exc_type = type(exception) if exception is not None else None
-        traceback = exception.__traceback__ if exception is not None else None
-        failure = await self._bounded_stop(
-            "the lifespan context manager",
-            partial(manager.__aexit__, exc_type, exception, traceback),
-        )
-        return [] if failure is None else [failure]
 
     async def _bounded_stop(
         self,
@@ -296,19 +361,124 @@ class LifespanRun:
     ) -> ShutdownStepError | None:
         limit = self._plan.shutdown_timeout
         failure: ShutdownStepError | None = None
-        try:
-            with anyio.move_on_after(limit) as deadline:
-                await action()
-        except anyio.get_cancelled_exc_class():
+        with self._shields.shield() as shield:
+            try:
+                with TimeLimit(limit) as time_limit:
+                    await action()
+            except anyio.get_cancelled_exc_class() as error:
+                failure = ShutdownStepError(step, describe(error))
+            except Exception as error:  # noqa: BLE001  # every step runs; this one's error is reported
+                failure = ShutdownStepError(step, describe(error))
+                failure.__cause__ = error
+        if shield.cancel_called:
             failure = ShutdownStepError(step, "was cancelled by a forced stop")
-        except Exception as error:  # noqa: BLE001  # every step runs; this one's error is reported
-            failure = ShutdownStepError(step, describe(error))
-            failure.__cause__ = error
-        if deadline.cancel_called and failure is None:
+        elif time_limit.exceeded:
             failure = ShutdownTimeoutError(step, limit)
         if failure is not None:
-            logger.error("%s", failure, exc_info=failure.__cause__)
+            log_failure(failure)
         return failure
+
+
+class _HeldContext:
+    """The user's ``lifespan=`` context manager, entered and exited in a task of its own.
+
+    The manager may hold a task group or cancel scope across its ``yield``; so no scope of
+    ours is entered inside it. Its time limits are deadlines on the scope around it.
+    """
+
+    what = "the lifespan context manager"
+
+    def __init__(self, manager: AbstractAsyncContextManager[Any], shields: StopShields) -> None:
+        self._manager = manager
+        self._shields = shields
+        self._scope = anyio.CancelScope()
+        self._leave = anyio.Event()
+        self._exception: BaseException | None = None
+        self._inside = False
+        self.entered = anyio.Event()
+        self.exited = anyio.Event()
+        self.enter_failure: StartupError | None = None
+        self.exit_failure: ShutdownStepError | None = None
+
+    async def hold(self, startup_limit: float, shutdown_limit: float) -> None:
+        try:
+            with self._scope:
+                await self._enter(startup_limit)
+                if not self._inside:
+                    return
+                # Entered: from now on only its own deadline or a forced stop cancels it.
+                self._scope.shield = True
+                self._shields.track(self._scope)
+                self._scope.deadline = math.inf
+                self.entered.set()
+                await self._leave.wait()
+                await self._exit(shutdown_limit)
+            if self._scope.cancelled_caught:
+                self._note_cancelled(startup_limit, shutdown_limit)
+        finally:
+            self.entered.set()
+            self.exited.set()
+
+    async def _enter(self, limit: float) -> None:
+        began = anyio.current_time()
+        self._scope.deadline = began + limit
+        try:
+            await self._manager.__aenter__()
+        except anyio.get_cancelled_exc_class() as error:
+            if not is_stray_cancellation(error):
+                raise
+            self.enter_failure = StartupError(self.what, describe(error))
+            return
+        except Exception as error:  # noqa: BLE001  # reported to the run, which raises it
+            self.enter_failure = StartupError(self.what, describe(error))
+            self.enter_failure.__cause__ = error
+            return
+        self._inside = True
+        if anyio.current_time() - began > limit:
+            self.enter_failure = StartupTimeoutError(self.what, limit)
+
+    async def _exit(self, limit: float) -> None:
+        began = anyio.current_time()
+        self._scope.deadline = began + limit
+        exception = self._exception
+        try:
+            await self._manager.__aexit__(
+                type(exception) if exception is not None else None,
+                exception,
+                exception.__traceback__ if exception is not None else None,
+            )
+        except Exception as error:  # noqa: BLE001  # every step runs; this one's error is reported
+            if error is not exception:
+                self.exit_failure = ShutdownStepError(self.what, describe(error))
+                self.exit_failure.__cause__ = error
+            return
+        if anyio.current_time() - began > limit:
+            self.exit_failure = ShutdownTimeoutError(self.what, limit)
+
+    def _note_cancelled(self, startup_limit: float, shutdown_limit: float) -> None:
+        if not self._inside:
+            self.enter_failure = StartupTimeoutError(self.what, startup_limit)
+        elif self._shields.forced:
+            self.exit_failure = ShutdownStepError(self.what, "was cancelled by a forced stop")
+        else:
+            self.exit_failure = ShutdownTimeoutError(self.what, shutdown_limit)
+
+    async def leave(self, exception: BaseException | None) -> list[ShutdownStepError]:
+        """Exit the manager (if it was entered) in its own task; return how that failed."""
+        self._exception = exception
+        self._leave.set()
+        with anyio.CancelScope(shield=True):  # its own deadline bounds it
+            await self.exited.wait()
+        if self.exit_failure is None:
+            return []
+        log_failure(self.exit_failure)
+        return [self.exit_failure]
+
+
+def log_failure(failure: ShutdownStepError) -> None:
+    """One line per failed step; the traceback only when debug logging is on."""
+    debugging = logger.isEnabledFor(logging.DEBUG)
+    logger.error("%s", failure, exc_info=failure.__cause__ if debugging else None)
 
 
 def _per_resource_limits(
@@ -328,7 +498,10 @@ def _per_resource_limits(
 
 
 def _framework_provider() -> Provider:
-    """What the app itself provides: the Publisher (APP) and the incoming Message (REQUEST)."""
+    """What the app itself provides: the Publisher (APP) and the incoming Message (REQUEST).
+
+    It comes first, so that a provider of the app or a test override can replace either.
+    """
     provider = Provider()
     provider.from_context(provides=Publisher, scope=Scope.APP)
     provider.from_context(provides=Message, scope=Scope.REQUEST)

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import anyio
+import anyio.lowlevel
 
 from ._broker import Delivery, Subscription, TopicPartition
 from ._errors import ConfigurationError
@@ -215,6 +216,9 @@ class _MemoryConsumer:
         while not self._stopped:
             batch = self._broker._fetch(self, max_records)  # noqa: SLF001  # the broker's own consumer
             if batch:
+                # Handlers that publish to each other would otherwise never let another task
+                # run (a test's settle_timeout, a stop): once per batch, yield to the loop.
+                await anyio.lowlevel.checkpoint()
                 return batch
             await self._broker.wait_for_change()
         return []

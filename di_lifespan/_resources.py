@@ -5,24 +5,32 @@ the first cancellation. Here every resource is created at startup, each as soon 
 needs is ready, under its own time limit; at exit every finalizer runs in reverse creation
 order, each under a time limit, whatever the others do.
 
-Two facts of dishka 1.10 are relied on (``tests/test_dishka_facts.py`` pins them): the
-container's finalizers are the list ``container._exits`` of ``(generator, async_generator)``
-pairs, appended as each generator finishes its setup; and a container made with
+Each resource lives in a task of its own, from its setup to its finalizer, so a provider may
+hold a task group or cancel scope across its ``yield`` as it may under plain dishka. The run
+gives those tasks a task group that lasts from startup to the end of shutdown.
+
+Facts of dishka 1.10 relied on (``tests/test_dishka_facts.py`` pins them): the container's
+finalizers are the list ``container._exits`` of ``(generator, async_generator)`` pairs,
+appended as each generator finishes its setup, in the task that ran it; a container made with
 ``lock_factory=None`` resolves without a lock, which is safe because a resource is only
-requested once everything it needs is cached.
+requested once everything it needs is cached; an injected ``AsyncContainer`` is the container
+itself, so a provider that fetches another resource through it calls ``AsyncContainer.get``,
+which the startup container class below makes wait for that resource's own task.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Generator, Iterable, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import CodeType
 from typing import Any, TypeAlias
 
 import anyio
+from anyio.abc import TaskGroup
 from dishka import AsyncContainer, DependencyKey
+from dishka.entities.component import DEFAULT_COMPONENT, Component
 
 from ._errors import (
     ShutdownStepError,
@@ -32,6 +40,7 @@ from ._errors import (
     describe,
 )
 from ._graph import ResourceGraph
+from ._limits import StopShields, TimeLimit, is_stray_cancellation
 from ._report import Outcome, ResourceStart, StartupReport
 
 __all__ = ["Limits", "ResourceSet"]
@@ -39,9 +48,6 @@ __all__ = ["Limits", "ResourceSet"]
 logger = logging.getLogger("di_lifespan")
 
 Exit: TypeAlias = tuple[Generator[Any, Any, Any] | None, AsyncGenerator[Any, Any] | None]
-
-# The resource whose setup the current task is running; read when dishka records a finalizer.
-_creating: ContextVar[str | None] = ContextVar("di_lifespan_creating", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,20 +62,48 @@ class Limits:
         return self.per_resource.get(key, self.startup)
 
 
+@dataclass(eq=False, slots=True)
+class _Job:
+    """One finalizer to run in the task that set its resource up."""
+
+    item: Exit
+    step: str
+    exception: BaseException | None
+    done: anyio.Event = field(default_factory=anyio.Event)
+    failure: ShutdownStepError | None = None
+
+
+class _Resource:
+    """One resource's task: its setup, then, at shutdown, the finalizers that setup registered."""
+
+    def __init__(self, key: DependencyKey, name: str, entry: ResourceStart) -> None:
+        self.key = key
+        self.name = name
+        self.entry = entry
+        self.ready = anyio.Event()
+        self.settled = anyio.Event()  # setup over: ready, failed, timed out or cancelled
+        self.setup_scope = anyio.CancelScope()
+        self.jobs_in, self.jobs_out = anyio.create_memory_object_stream[_Job](1)
+
+
+# The resource whose task is running: its setup registers finalizers that this task will run.
+_owner: ContextVar[_Resource | None] = ContextVar("di_lifespan_resource", default=None)
+
+
 class _OwnedExits(list[Exit]):
-    """dishka's finalizer stack, noting which resource each finalizer belongs to."""
+    """dishka's finalizer stack, noting which resource's task registered each finalizer."""
 
     def __init__(self, items: Iterable[Exit]) -> None:
         super().__init__(items)
-        self.owners: dict[int, str] = {}
+        self.owners: dict[int, _Resource | None] = {}
 
     def append(self, item: Exit, /) -> None:
-        self.owners[id(item)] = _creating.get() or _provider_name(item)
+        self.owners[id(item)] = _owner.get()
         super().append(item)
 
-    def pop_owned(self) -> tuple[Exit, str]:
+    def pop_owned(self) -> tuple[Exit, _Resource | None]:
         item = self.pop()
-        return item, self.owners.pop(id(item), None) or _provider_name(item)
+        return item, self.owners.pop(id(item), None)
 
 
 def _provider_name(item: Exit) -> str:
@@ -97,125 +131,233 @@ def _finalizer_stack(container: AsyncContainer) -> _OwnedExits:
     return stack
 
 
+class _StartupGate:
+    """The key under which a container's context holds the ResourceSet that gates its gets."""
+
+
+class _GatedContainer(AsyncContainer):
+    """The APP and RUNTIME containers: a ``get`` of a resource another task creates waits for it."""
+
+    __slots__ = ()
+
+    async def get(
+        self, dependency_type: Any, component: Component | None = DEFAULT_COMPONENT
+    ) -> Any:
+        context = self._context
+        gate = context.get(_StartupGate) if context else None
+        if gate is not None and gate.gating:
+            await gate.before_get(DependencyKey(dependency_type, component or DEFAULT_COMPONENT))
+        return await super().get(dependency_type, component)
+
+
 class ResourceSet:
     """The long-lived resources of one running container."""
 
-    def __init__(self, container: AsyncContainer, graph: ResourceGraph, limits: Limits) -> None:
+    def __init__(
+        self,
+        container: AsyncContainer,
+        graph: ResourceGraph,
+        limits: Limits,
+        shields: StopShields,
+    ) -> None:
         self._container = container
         self._graph = graph
         self._limits = limits
-        self._ready: dict[DependencyKey, anyio.Event] = {}
+        self._shields = shields
+        self._tasks: TaskGroup | None = None
+        self._resources: dict[DependencyKey, _Resource] = {}
+        self._failures: list[StartupError] = []
+        self.gating = True
         self.report = StartupReport()
         self._entries = {key: ResourceStart(node.name) for key, node in graph.nodes.items()}
         self.report.resources.extend(self._entries.values())
         for each in _containers(container):
             _finalizer_stack(each)
+            each.__class__ = _GatedContainer
+            if each._context is not None:  # noqa: SLF001  # dishka's context dict, see above
+                each._context[_StartupGate] = self  # noqa: SLF001  # same
+
+    def open(self, tasks: TaskGroup) -> None:
+        """Run the resources' tasks in ``tasks``, which must last until ``close()`` returns."""
+        self._tasks = tasks
 
     async def start_all(self) -> None:
         """Create every resource; raise StartupError naming the first one that failed."""
         await self.require(self._graph.nodes)
 
+    def started(self) -> None:
+        """Startup is over: gets need no more waiting."""
+        self.gating = False
+
     async def require(self, keys: Iterable[DependencyKey]) -> None:
         """Create what ``keys`` need and is not created yet, concurrently where possible."""
-        pending = self._closure(keys)
-        if not pending:
-            return
-        for key in pending:
-            self._ready[key] = anyio.Event()
-        failures: list[StartupError] = []
-        async with anyio.create_task_group() as group:
-            for key in pending:
-                group.start_soon(self._create_when_ready, key, failures, group.cancel_scope.cancel)
-        if failures:
-            raise failures[0]
+        wanted = self._closure(keys)
+        for key in wanted:
+            if key not in self._resources:
+                self._spawn(key)
+        for key in wanted:
+            await self._resources[key].settled.wait()
+        if self._failures:
+            raise self._failures[0]
+
+    async def before_get(self, key: DependencyKey) -> None:
+        """Wait until the resources ``key`` needs exist, unless this task is creating them."""
+        owner = _owner.get()
+        for node_key in self._graph.nodes_for(key):
+            if owner is not None and node_key == owner.key:
+                continue
+            if node_key not in self._resources:
+                await self.require([node_key])
+                continue
+            resource = self._resources[node_key]
+            await resource.settled.wait()
+            if not resource.ready.is_set():
+                raise RuntimeError(f"resource {resource.name} did not start")
+
+    def _spawn(self, key: DependencyKey) -> None:
+        if self._tasks is None:
+            raise RuntimeError("ResourceSet.open() gives the resources a task group first")
+        node = self._graph.nodes[key]
+        resource = self._resources[key] = _Resource(key, node.name, self._entries[key])
+        self._tasks.start_soon(self._live, resource, name=f"resource {node.name}")
 
     def _closure(self, keys: Iterable[DependencyKey]) -> list[DependencyKey]:
         wanted: set[DependencyKey] = set()
         stack = [node for key in keys for node in self._graph.nodes_for(key)]
         while stack:
             key = stack.pop()
-            if key not in wanted and key not in self._ready:
+            if key not in wanted:
                 wanted.add(key)
                 stack.extend(self._graph.nodes[key].requires)
         return [key for key in self._graph.nodes if key in wanted]
 
-    async def _create_when_ready(
-        self,
-        key: DependencyKey,
-        failures: list[StartupError],
-        cancel_all: Callable[[], None],
-    ) -> None:
-        node = self._graph.nodes[key]
-        for needed in node.requires:
-            await self._ready[needed].wait()
-        entry = self._entries[key]
+    def _fail(self, failure: StartupError) -> None:
+        """Record a failed setup and cancel the setups not finished yet."""
+        self._failures.append(failure)
+        for resource in self._resources.values():
+            if not resource.settled.is_set():
+                resource.setup_scope.cancel()
+
+    async def _live(self, resource: _Resource) -> None:
+        _owner.set(resource)  # this task's own context: its setup's finalizers are its own
+        # Once this task ends, close() runs the finalizers it would have run by itself.
+        with resource.jobs_out:
+            try:
+                with resource.setup_scope:
+                    for needed in self._graph.nodes[resource.key].requires:
+                        await self._resources[needed].ready.wait()
+                    await self._set_up(resource)
+            finally:
+                resource.settled.set()
+            await self._serve_finalizers(resource)
+
+    async def _set_up(self, resource: _Resource) -> None:
+        key, entry = resource.key, resource.entry
         self.report.begin(entry)
-        _creating.set(node.name)  # this task's own context: it names the finalizers it adds
         limit = self._limits.startup_for(key)
         try:
-            with anyio.move_on_after(limit) as deadline:
+            with TimeLimit(limit) as time_limit:
                 await self._container.get(key.type_hint, key.component)
-        except anyio.get_cancelled_exc_class():
-            self.report.end(entry, Outcome.CANCELLED)
-            raise
-        except Exception as error:  # noqa: BLE001  # any setup error fails the start, named
-            self.report.end(entry, Outcome.FAILED, describe(error))
-            failure = StartupError(
-                f"resource {node.name}", describe(error), path=self._graph.path_to(key)
-            )
-            failure.__cause__ = error
-            failures.append(failure)
-            cancel_all()
+        except anyio.get_cancelled_exc_class() as error:
+            if not is_stray_cancellation(error):
+                self.report.end(entry, Outcome.CANCELLED)
+                raise
+            self._setup_failed(resource, error)
             return
-        if deadline.cancelled_caught:
+        except Exception as error:  # noqa: BLE001  # any setup error fails the start, named
+            self._setup_failed(resource, error)
+            return
+        if time_limit.exceeded:
             self.report.end(entry, Outcome.TIMED_OUT, f"over the {limit:g} s limit")
-            failures.append(
-                StartupTimeoutError(f"resource {node.name}", limit, path=self._graph.path_to(key))
-            )
-            cancel_all()
+            path = self._graph.path_to(key)
+            self._fail(StartupTimeoutError(f"resource {resource.name}", limit, path=path))
             return
         self.report.end(entry, Outcome.OK)
-        self._ready[key].set()
+        resource.ready.set()
+
+    def _setup_failed(self, resource: _Resource, error: BaseException) -> None:
+        self.report.end(resource.entry, Outcome.FAILED, describe(error))
+        failure = StartupError(
+            f"resource {resource.name}", describe(error), path=self._graph.path_to(resource.key)
+        )
+        failure.__cause__ = error
+        self._fail(failure)
+
+    async def _serve_finalizers(self, resource: _Resource) -> None:
+        """Run, in this task, each finalizer of this resource that close() hands over."""
+        while True:
+            # Only close() ends this wait: a cancelled run still finalizes what it created.
+            with anyio.CancelScope(shield=True):
+                try:
+                    job = await resource.jobs_out.receive()
+                except anyio.EndOfStream:
+                    return
+            try:
+                job.failure = await self._finalize(job)
+            finally:
+                job.done.set()
 
     async def close(self, exception: BaseException | None) -> list[ShutdownStepError]:
         """Run every finalizer in reverse creation order; return the failures, each logged."""
         errors: list[ShutdownStepError] = []
-        for container in _containers(self._container):
-            stack = _finalizer_stack(container)
-            while stack:
-                item, owner = stack.pop_owned()
-                error = await self._finalize(item, owner, exception)
-                if error is not None:
-                    logger.error("%s", error, exc_info=error.__cause__)
-                    errors.append(error)
+        try:
+            for container in _containers(self._container):
+                stack = _finalizer_stack(container)
+                while stack:
+                    item, owner = stack.pop_owned()
+                    name = owner.name if owner is not None else _provider_name(item)
+                    job = _Job(item, f"finalizer of {name}", exception)
+                    error = await self._run_job(owner, job)
+                    if error is not None:
+                        logger.error("%s", error, exc_info=_traceback(error))
+                        errors.append(error)
+        finally:
+            for resource in self._resources.values():
+                resource.jobs_in.close()
         await self._container.close(exception)  # nothing left to finalize; resets dishka's cache
         return errors
 
-    async def _finalize(
-        self,
-        item: Exit,
-        owner: str,
-        exception: BaseException | None,
-    ) -> ShutdownStepError | None:
-        step = f"finalizer of {owner}"
-        cause: BaseException | None = None
+    async def _run_job(self, owner: _Resource | None, job: _Job) -> ShutdownStepError | None:
+        """Run the finalizer in its resource's task (here when that task is gone)."""
         try:
-            with anyio.move_on_after(self._limits.shutdown) as deadline:
-                if not await _advance(item, exception):
-                    cause = RuntimeError("the provider yielded a second time; it must yield once")
-        except anyio.get_cancelled_exc_class():
-            # Not our time limit (the scope absorbs that): a self-cancelling finalizer or a
-            # forced stop. Record it and go on with the others.
-            cause = RuntimeError("the finalizer was cancelled")
-        except Exception as error:  # noqa: BLE001  # every finalizer runs; this one's error is reported
-            cause = error
-        if deadline.cancel_called:
-            return ShutdownTimeoutError(step, self._limits.shutdown)
+            if owner is None:
+                raise anyio.ClosedResourceError  # noqa: TRY301  # no task of its own: run it here
+            owner.jobs_in.send_nowait(job)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return await self._finalize(job)
+        # The finalizer is bounded and forced stops reach it there; this wait only follows it.
+        with anyio.CancelScope(shield=True):
+            await job.done.wait()
+        return job.failure
+
+    async def _finalize(self, job: _Job) -> ShutdownStepError | None:
+        limit = self._limits.shutdown
+        cause: BaseException | None = None
+        with self._shields.shield() as shield:
+            try:
+                with TimeLimit(limit) as time_limit:
+                    if not await _advance(job.item, job.exception):
+                        cause = RuntimeError(
+                            "the provider yielded a second time; it must yield once"
+                        )
+            except anyio.get_cancelled_exc_class():
+                cause = RuntimeError("the finalizer was cancelled")
+            except Exception as error:  # noqa: BLE001  # every finalizer runs; this one's error is reported
+                cause = error
+        if shield.cancel_called:
+            return ShutdownStepError(job.step, "was cancelled by a forced stop")
+        if time_limit.exceeded:
+            return ShutdownTimeoutError(job.step, limit)
         if cause is None:
             return None
-        failure = ShutdownStepError(step, describe(cause))
+        failure = ShutdownStepError(job.step, describe(cause))
         failure.__cause__ = cause
         return failure
+
+
+def _traceback(error: BaseException) -> BaseException | None:
+    """A traceback for the log only when debugging: operators read one line per failure."""
+    return error.__cause__ if logger.isEnabledFor(logging.DEBUG) else None
 
 
 async def _advance(item: Exit, exception: BaseException | None) -> bool:

@@ -3,46 +3,35 @@
 ``TestClient(app, overrides=[...])`` starts the app as ``async with app`` would — hooks,
 eager resources, handlers — but on its own ``MemoryBroker`` and with the override providers
 placed after the app's, so their factories replace the app's for the same types. The app
-object is left as it was: the next test starts it again with other overrides.
+object is left as it was: the next test starts it again with other overrides. It runs
+through ``App.lifespan(...)``, the same public way any code can run an app on another broker
+with overrides.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
 import anyio
 import pydantic
-from dishka import AsyncContainer, BaseScope, DependencyKey, Provider, Scope
+from dishka import AsyncContainer
 from dishka.provider import BaseProvider
 
 from ._app import App
-from ._errors import ConfigurationError
-from ._graph import key_name
+from ._errors import ConfigurationError, LifespanStateError
 from ._memory import MemoryBroker
 from ._message import Headers, Message
+from ._overrides import Override, override
 
 __all__ = ["Override", "TestClient", "override"]
 
 T = TypeVar("T")
 DEFAULT_SETTLE_TIMEOUT = 10.0
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Override:
-    """A plain value that replaces whatever the app provides for ``type_``."""
-
-    type_: Any
-    value: Any
-    component: str = ""
-
-
-def override(type_: type[T] | Any, value: T, *, component: str = "") -> Override:
-    """Replace the app's ``type_`` with ``value`` in a test (at the scope the app gives it)."""
-    return Override(type_, value, component)
+DEFAULT_GRACEFUL_TIMEOUT = 1.0
 
 
 class TestClient:
@@ -50,9 +39,14 @@ class TestClient:
 
     ``overrides`` are dishka providers, or ``override(Type, value)``; each type they provide
     must be one the app provides, and replaces it (its real setup never runs). ``context``
-    adds values to the app's ``context=``. With ``raise_handler_errors`` (the default) a
-    handler's exception is raised by the ``publish`` that caused it; set it to False to let
-    the delivery policy work (retries, then the dead-letter topic) and assert on that.
+    adds values to the app's ``context=``. ``partitions`` is how many partitions each topic of
+    the client's MemoryBroker gets. ``graceful_timeout`` replaces the app's for the test (by
+    default the app's, at most 1 s: a test should not wait 30 s for a stuck handler).
+
+    With ``raise_handler_errors`` (the default) a handler's exception is raised to the test:
+    by the ``publish`` or ``settle`` that waited for it, or else when the client exits (several
+    together as an ExceptionGroup). Set it to False to let the delivery policy work (retries,
+    then the dead-letter topic) and assert on that.
     """
 
     __test__ = False  # not a test class, whatever pytest's name rules say
@@ -65,6 +59,7 @@ class TestClient:
         context: Mapping[Any, Any] | None = None,
         raise_handler_errors: bool = True,
         settle_timeout: float = DEFAULT_SETTLE_TIMEOUT,
+        graceful_timeout: float | None = None,
         partitions: int = 1,
     ) -> None:
         if not isinstance(app, App):
@@ -81,20 +76,24 @@ class TestClient:
         self._context = dict(context or {})
         self._raise_handler_errors = raise_handler_errors
         self._settle_timeout = settle_timeout
+        self._graceful_timeout = (
+            min(app.graceful_timeout, DEFAULT_GRACEFUL_TIMEOUT)
+            if graceful_timeout is None
+            else graceful_timeout
+        )
         self._errors: list[BaseException] = []
+        self._lifespan: AbstractAsyncContextManager[App] | None = None
 
     async def __aenter__(self) -> TestClient:
-        plan = self.app._plan()  # noqa: SLF001  # the testing kit is part of the package
-        overrides = _resolve_overrides(self._overrides, plan.providers)
-        await self.app._start(  # noqa: SLF001  # same
-            dataclasses.replace(
-                plan,
-                providers=[*plan.providers, *overrides],
-                context={**plan.context, **self._context},
-                broker=self.broker,
-                report_error=self._errors.append if self._raise_handler_errors else None,
-            ),
+        lifespan = self.app.lifespan(
+            broker=self.broker,
+            overrides=self._overrides,
+            context=self._context,
+            graceful_timeout=self._graceful_timeout,
+            on_handler_error=self._errors.append if self._raise_handler_errors else None,
         )
+        await lifespan.__aenter__()
+        self._lifespan = lifespan
         return self
 
     async def __aexit__(
@@ -103,7 +102,21 @@ class TestClient:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        await self.app.__aexit__(exc_type, exc, traceback)
+        lifespan, self._lifespan = self._lifespan, None
+        if lifespan is None:
+            raise LifespanStateError("exit the test client", "not started by it")
+        try:
+            await lifespan.__aexit__(exc_type, exc, traceback)
+        finally:
+            if exc is None:
+                self._raise_handler_errors_seen()
+
+    def _raise_handler_errors_seen(self) -> None:
+        errors, self._errors = self._errors, []
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            raise BaseExceptionGroup(f"{len(errors)} handler errors", errors)
 
     @property
     def container(self) -> AsyncContainer:
@@ -126,19 +139,20 @@ class TestClient:
         await self.settle()
 
     async def settle(self) -> None:
-        """Wait until every subscribed group has handled and committed every message."""
+        """Wait until every subscribed group has handled and committed every message.
+
+        Raises the handler errors seen so far (with raise_handler_errors), and TimeoutError
+        when messages are still unhandled after ``settle_timeout`` seconds.
+        """
         with anyio.move_on_after(self._settle_timeout) as deadline:
-            while self.broker.pending():
+            while self.broker.pending() and not self._errors:
                 await self.broker.wait_for_change()
+        self._raise_handler_errors_seen()
         if deadline.cancelled_caught:
             raise TimeoutError(
                 f"{self.broker.pending()} message(s) still not handled after"
                 f" {self._settle_timeout:g} s (TestClient(settle_timeout=...))",
             )
-        if self._errors:
-            error, *_ = self._errors
-            self._errors.clear()
-            raise error
 
     def messages(self, topic: str) -> list[Message]:
         """Every message published to ``topic`` (with key and headers), in order."""
@@ -168,56 +182,3 @@ def _decoded(value: bytes) -> Any:
         return json.loads(value)
     except ValueError:
         return value
-
-
-def _resolve_overrides(
-    overrides: Iterable[BaseProvider | Override],
-    app_providers: Sequence[BaseProvider],
-) -> list[BaseProvider]:
-    """Check that each override replaces something the app has; turn values into providers."""
-    provided = _provided_scopes(app_providers)
-    resolved: list[BaseProvider] = []
-    for item in overrides:
-        if isinstance(item, Override):
-            key = DependencyKey(item.type_, item.component)
-            _require(provided, key, f"override({key_name(key)}, ...)")
-            resolved.append(_value_provider(item, provided[key]))
-        else:
-            for key in _provided_scopes([item]):
-                _require(provided, key, f"override provider {type(item).__name__}")
-            resolved.append(item)
-    return resolved
-
-
-def _require(provided: Mapping[DependencyKey, BaseScope], key: DependencyKey, where: str) -> None:
-    if key not in provided:
-        raise ConfigurationError(
-            where,
-            f"the app provides no {key_name(key)}, so there is nothing to override"
-            " (add it to the app's providers, or fix the type)",
-        )
-
-
-def _provided_scopes(providers: Iterable[BaseProvider]) -> dict[DependencyKey, BaseScope]:
-    """Every type the providers give, with its scope."""
-    scopes: dict[DependencyKey, BaseScope] = {}
-    for provider in providers:
-        component = getattr(provider, "component", "") or ""
-        default_scope = getattr(provider, "scope", None)
-        sources: list[Any] = [*provider.factories, *provider.context_vars, *provider.aliases]
-        for source in sources:
-            provides: DependencyKey = source.provides
-            key = DependencyKey(
-                provides.type_hint,
-                provides.component if provides.component is not None else component,
-            )
-            scope = getattr(source, "scope", None) or default_scope or Scope.APP
-            scopes[key] = scope
-    return scopes
-
-
-def _value_provider(item: Override, scope: BaseScope) -> Provider:
-    provider = Provider(scope=scope, component=item.component)
-    value = item.value
-    provider.provide(lambda: value, provides=item.type_)
-    return provider

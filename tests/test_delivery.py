@@ -19,6 +19,7 @@ from di_lifespan import (
     Retry,
     Scope,
     ShutdownError,
+    ShutdownTimeoutError,
     provide,
 )
 from tests.drain import drained
@@ -223,7 +224,7 @@ async def test_a_handler_mid_way_at_shutdown_finishes_with_its_resources_open() 
 
 
 async def test_a_handler_past_the_graceful_timeout_is_cancelled_and_read_again() -> None:
-    """A handler that outlives graceful_timeout is cancelled, not committed, and redelivered."""
+    """A handler past graceful_timeout is cancelled, reported, not committed, and redelivered."""
     broker = MemoryBroker()
     app = App(broker=broker, graceful_timeout=0.05)
     runs: list[str] = []
@@ -237,9 +238,13 @@ async def test_a_handler_past_the_graceful_timeout_is_cancelled_and_read_again()
             await anyio.sleep_forever()
         runs.append("done")
 
-    async with app:
-        await app.publish("jobs", b"job")
-        await entered.wait()
+    with pytest.raises(ShutdownError) as stopped:  # noqa: PT012  # the whole run is under test
+        async with app:
+            await app.publish("jobs", b"job")
+            await entered.wait()
+    (timeout,) = stopped.value.exceptions
+    assert isinstance(timeout, ShutdownTimeoutError)
+    assert timeout.step == "subscriber " + work.__qualname__ + " (graceful_timeout)"
     assert broker.committed("workers", "jobs") == [0]
     async with app:  # restarted on the same broker: the group gets its uncommitted message
         await drained(broker)

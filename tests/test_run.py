@@ -57,7 +57,7 @@ def test_a_second_interrupt_exits_at_once() -> None:
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 130, stderr
     assert "second interrupt" in stderr
-    assert "finalizer of Pool failed: RuntimeError: the finalizer was cancelled" in stderr
+    assert "finalizer of Pool failed: was cancelled by a forced stop" in stderr
 
 
 def test_a_failed_start_prints_one_line_and_exits_with_1() -> None:

@@ -17,6 +17,7 @@ from di_lifespan import (
     Provider,
     Retry,
     Scope,
+    ShutdownError,
     provide,
 )
 from di_lifespan.testing import TestClient, override
@@ -236,7 +237,7 @@ async def test_the_client_uses_its_own_memory_broker_whatever_the_app_names() ->
 
 
 async def test_a_handler_that_never_finishes_fails_the_publish_with_a_timeout() -> None:
-    """Publish gives up after settle_timeout and says how many messages are unhandled."""
+    """Publish gives up after settle_timeout; the stuck handler is reported at exit."""
     import anyio
 
     app = App(graceful_timeout=0.01)
@@ -245,6 +246,11 @@ async def test_a_handler_that_never_finishes_fails_the_publish_with_a_timeout() 
     async def stuck(body: bytes) -> None:
         await anyio.sleep_forever()
 
-    async with TestClient(app, settle_timeout=0.05) as client:
-        with pytest.raises(TimeoutError, match=r"1 message\(s\) still not handled after 0.05 s"):
-            await client.publish("t", b"x")
+    with pytest.raises(ShutdownError) as stopped:  # noqa: PT012  # the exit is under test too
+        async with TestClient(app, settle_timeout=0.05) as client:
+            with pytest.raises(
+                TimeoutError, match=r"1 message\(s\) still not handled after 0.05 s"
+            ):
+                await client.publish("t", b"x")
+    (timeout,) = stopped.value.exceptions
+    assert timeout.step == f"subscriber {stuck.__qualname__} (graceful_timeout)"

@@ -1,0 +1,89 @@
+"""Test overrides: providers, or plain values, that replace what an app provides for a type.
+
+An override must replace something the app has (a typo in a type is an error, not a silent
+extra provider). Override providers are placed after the app's, so dishka lets their
+factories win for the same types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from dishka import BaseScope, DependencyKey, Provider, Scope
+from dishka.provider import BaseProvider
+
+from ._errors import ConfigurationError
+from ._graph import key_name
+
+__all__ = ["Override", "override", "resolve_overrides"]
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Override:
+    """A plain value that replaces whatever the app provides for ``type_``."""
+
+    type_: Any
+    value: Any
+    component: str = ""
+
+
+def override(type_: type[T] | Any, value: T, *, component: str = "") -> Override:
+    """Replace the app's ``type_`` with ``value`` in a test (at the scope the app gives it)."""
+    return Override(type_, value, component)
+
+
+def resolve_overrides(
+    overrides: Iterable[BaseProvider | Override],
+    app_providers: Sequence[BaseProvider],
+) -> list[BaseProvider]:
+    """Check that each override replaces something the app has; turn values into providers."""
+    provided = _provided_scopes(app_providers)
+    resolved: list[BaseProvider] = []
+    for item in overrides:
+        if isinstance(item, Override):
+            key = DependencyKey(item.type_, item.component)
+            _require(provided, key, f"override({key_name(key)}, ...)")
+            resolved.append(_value_provider(item, provided[key]))
+        else:
+            for key in _provided_scopes([item]):
+                _require(provided, key, f"override provider {type(item).__name__}")
+            resolved.append(item)
+    return resolved
+
+
+def _require(provided: Mapping[DependencyKey, BaseScope], key: DependencyKey, where: str) -> None:
+    if key not in provided:
+        raise ConfigurationError(
+            where,
+            f"the app provides no {key_name(key)}, so there is nothing to override"
+            " (add it to the app's providers, or fix the type)",
+        )
+
+
+def _provided_scopes(providers: Iterable[BaseProvider]) -> dict[DependencyKey, BaseScope]:
+    """Every type the providers give, with its scope."""
+    scopes: dict[DependencyKey, BaseScope] = {}
+    for provider in providers:
+        component = getattr(provider, "component", "") or ""
+        default_scope = getattr(provider, "scope", None)
+        sources: list[Any] = [*provider.factories, *provider.context_vars, *provider.aliases]
+        for source in sources:
+            provides: DependencyKey = source.provides
+            key = DependencyKey(
+                provides.type_hint,
+                provides.component if provides.component is not None else component,
+            )
+            scope = getattr(source, "scope", None) or default_scope or Scope.APP
+            scopes[key] = scope
+    return scopes
+
+
+def _value_provider(item: Override, scope: BaseScope) -> Provider:
+    provider = Provider(scope=scope, component=item.component)
+    value = item.value
+    provider.provide(lambda: value, provides=item.type_)
+    return provider
