@@ -18,6 +18,7 @@ from di_lifespan import (
     Retry,
     Scope,
     ShutdownError,
+    ShutdownTimeoutError,
     provide,
 )
 from di_lifespan.testing import TestClient, override
@@ -253,4 +254,5 @@ async def test_a_handler_that_never_finishes_fails_the_publish_with_a_timeout() 
             ):
                 await client.publish("t", b"x")
     (timeout,) = stopped.value.exceptions
+    assert isinstance(timeout, ShutdownTimeoutError)
     assert timeout.step == f"subscriber {stuck.__qualname__} (graceful_timeout)"
