@@ -171,6 +171,8 @@ class SubscriberLoop:
             else:
                 await _PartitionWorkers(self).run()
             await self.settle()
+        except DeliveryError:
+            raise
         except Exception as error:
             raise DeliveryError(self.name, describe(error)) from error
         finally:
@@ -204,11 +206,25 @@ class SubscriberLoop:
         """Handle one message to its end (result published, or dead-lettered), mark it done.
 
         A message whose retries a stop interrupted is not marked done: it is read again.
+        Raises DeliveryError, with the message's coordinates, when even the dead-letter
+        topic cannot take it.
         """
         try:
-            await self._attempt(message)
+            await self._handle(message)
         except _Interrupted:
-            return
+            return  # a stop cut its retries short: not done, so not committed
+        except Exception as error:
+            raise DeliveryError(
+                self.name,
+                describe(error),
+                topic=message.topic,
+                partition=message.partition,
+                offset=message.offset,
+            ) from error
+
+    async def _handle(self, message: Message) -> None:
+        try:
+            await self._attempt(message)
         except InvalidBodyError as error:
             if self._report_error is not None:
                 self._report_error(error.__cause__ or error)

@@ -121,16 +121,30 @@ class DependencyError(StartupError):
 class DeliveryError(DiLifespanError):
     """A subscriber stopped because its transport failed (a send or commit that cannot succeed).
 
-    Its uncommitted messages are read again by the next consumer of the group.
+    ``subscriber`` names the handler; ``topic``, ``partition`` and ``offset`` say which message
+    it was delivering, when the failure belongs to one. Its uncommitted messages are read
+    again by the next consumer of the group.
     """
 
-    def __init__(self, subscriber: str, reason: str) -> None:
+    def __init__(
+        self,
+        subscriber: str,
+        reason: str,
+        *,
+        topic: str | None = None,
+        partition: int | None = None,
+        offset: int | None = None,
+    ) -> None:
         self.subscriber = subscriber
         self.reason = reason
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
         super().__init__(subscriber, reason)
 
     def __str__(self) -> str:
-        return f"subscriber {self.subscriber} stopped: {self.reason}"
+        where = "" if self.topic is None else f" at {self.topic}[{self.partition}]@{self.offset}"
+        return f"subscriber {self.subscriber} stopped{where}: {self.reason}"
 
 
 class ShutdownStepError(DiLifespanError):

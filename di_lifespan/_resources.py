@@ -21,6 +21,7 @@ which the startup container class below makes wait for that resource's own task.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncGenerator, Generator, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -82,7 +83,10 @@ class _Resource:
         self.entry = entry
         self.ready = anyio.Event()
         self.settled = anyio.Event()  # setup over: ready, failed, timed out or cancelled
-        self.setup_scope = anyio.CancelScope()
+        # Around the resource's whole life in its task. A provider may leave its own scopes
+        # open across its yield, so no other scope of ours may sit between its setup and its
+        # finalizer: time limits are this scope's deadline, a forced stop cancels it.
+        self.scope = anyio.CancelScope()
         self.jobs_in, self.jobs_out = anyio.create_memory_object_stream[_Job](1)
 
 
@@ -236,44 +240,57 @@ class ResourceSet:
         self._failures.append(failure)
         for resource in self._resources.values():
             if not resource.settled.is_set():
-                resource.setup_scope.cancel()
+                resource.scope.cancel()
 
     async def _live(self, resource: _Resource) -> None:
         _owner.set(resource)  # this task's own context: its setup's finalizers are its own
         # Once this task ends, close() runs the finalizers it would have run by itself.
-        with resource.jobs_out:
+        with resource.jobs_out, resource.scope:
             try:
-                with resource.setup_scope:
-                    for needed in self._graph.nodes[resource.key].requires:
-                        await self._resources[needed].ready.wait()
-                    await self._set_up(resource)
+                for needed in self._graph.nodes[resource.key].requires:
+                    await self._resources[needed].ready.wait()
+                await self._set_up(resource)
+            except anyio.get_cancelled_exc_class():
+                if not resource.scope.cancel_called:
+                    raise  # the run itself is cancelled: nothing was created here
             finally:
                 resource.settled.set()
+            # Whatever was created here is finalized here, even under a cancelled run.
+            resource.scope.shield = True
+            self._shields.track(resource.scope)
             await self._serve_finalizers(resource)
 
     async def _set_up(self, resource: _Resource) -> None:
         key, entry = resource.key, resource.entry
         self.report.begin(entry)
         limit = self._limits.startup_for(key)
+        began = anyio.current_time()
+        resource.scope.deadline = began + limit
         try:
-            with TimeLimit(limit) as time_limit:
-                await self._container.get(key.type_hint, key.component)
+            await self._container.get(key.type_hint, key.component)
         except anyio.get_cancelled_exc_class() as error:
-            if not is_stray_cancellation(error):
+            if is_stray_cancellation(error):
+                self._setup_failed(resource, error)
+            elif resource.scope.cancel_called and anyio.current_time() >= resource.scope.deadline:
+                self._timed_out(resource, limit)
+            else:
                 self.report.end(entry, Outcome.CANCELLED)
-                raise
-            self._setup_failed(resource, error)
-            return
+            raise
         except Exception as error:  # noqa: BLE001  # any setup error fails the start, named
             self._setup_failed(resource, error)
             return
-        if time_limit.exceeded:
-            self.report.end(entry, Outcome.TIMED_OUT, f"over the {limit:g} s limit")
-            path = self._graph.path_to(key)
-            self._fail(StartupTimeoutError(f"resource {resource.name}", limit, path=path))
+        finally:
+            resource.scope.deadline = math.inf
+        if anyio.current_time() - began > limit:  # returned late: it could not be interrupted
+            self._timed_out(resource, limit)
             return
         self.report.end(entry, Outcome.OK)
         resource.ready.set()
+
+    def _timed_out(self, resource: _Resource, limit: float) -> None:
+        self.report.end(resource.entry, Outcome.TIMED_OUT, f"over the {limit:g} s limit")
+        path = self._graph.path_to(resource.key)
+        self._fail(StartupTimeoutError(f"resource {resource.name}", limit, path=path))
 
     def _setup_failed(self, resource: _Resource, error: BaseException) -> None:
         self.report.end(resource.entry, Outcome.FAILED, describe(error))
@@ -293,7 +310,7 @@ class ResourceSet:
                 except anyio.EndOfStream:
                     return
             try:
-                job.failure = await self._finalize(job)
+                job.failure = await self._finalize_owned(resource, job)
             finally:
                 job.done.set()
 
@@ -324,35 +341,73 @@ class ResourceSet:
                 raise anyio.ClosedResourceError  # noqa: TRY301  # no task of its own: run it here
             owner.jobs_in.send_nowait(job)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            return await self._finalize(job)
+            return await self._finalize_here(job)
         # The finalizer is bounded and forced stops reach it there; this wait only follows it.
         with anyio.CancelScope(shield=True):
             await job.done.wait()
         return job.failure
 
-    async def _finalize(self, job: _Job) -> ShutdownStepError | None:
+    async def _finalize_owned(self, resource: _Resource, job: _Job) -> ShutdownStepError | None:
+        """Run a finalizer in its resource's task, bounded by that task's scope's deadline."""
+        limit = self._limits.shutdown
+        scope = resource.scope
+        began = anyio.current_time()
+        scope.deadline = min(scope.deadline, began + limit)
+        cause: BaseException | None = None
+        try:
+            finished = await _advance(job.item, job.exception)
+        except BaseException as error:  # noqa: BLE001  # every finalizer runs; this one's error is reported
+            cause = error
+            finished = True
+        finally:
+            scope.deadline = math.inf
+        late = anyio.current_time() - began > limit
+        return _finalizer_outcome(job.step, cause, finished, limit, late=late, forced=self._forced)
+
+    async def _finalize_here(self, job: _Job) -> ShutdownStepError | None:
+        """Run a finalizer whose resource has no task of its own, in a bounded shielded scope."""
         limit = self._limits.shutdown
         cause: BaseException | None = None
-        with self._shields.shield() as shield:
+        finished = True
+        with self._shields.shield():
             try:
                 with TimeLimit(limit) as time_limit:
-                    if not await _advance(job.item, job.exception):
-                        cause = RuntimeError(
-                            "the provider yielded a second time; it must yield once"
-                        )
-            except anyio.get_cancelled_exc_class():
-                cause = RuntimeError("the finalizer was cancelled")
-            except Exception as error:  # noqa: BLE001  # every finalizer runs; this one's error is reported
+                    finished = await _advance(job.item, job.exception)
+            except BaseException as error:  # noqa: BLE001  # every finalizer runs; this one's error is reported
                 cause = error
-        if shield.cancel_called:
-            return ShutdownStepError(job.step, "was cancelled by a forced stop")
-        if time_limit.exceeded:
-            return ShutdownTimeoutError(job.step, limit)
-        if cause is None:
-            return None
-        failure = ShutdownStepError(job.step, describe(cause))
-        failure.__cause__ = cause
-        return failure
+        return _finalizer_outcome(
+            job.step, cause, finished, limit, late=time_limit.exceeded, forced=self._forced
+        )
+
+    @property
+    def _forced(self) -> bool:
+        return self._shields.forced
+
+
+def _finalizer_outcome(
+    step: str,
+    cause: BaseException | None,
+    finished: bool,  # noqa: FBT001  # a private helper's plain outcome flag
+    limit: float,
+    *,
+    late: bool,
+    forced: bool,
+) -> ShutdownStepError | None:
+    """How one finalizer ended, as the shutdown reports it (None: it finished in time)."""
+    cancelled = isinstance(cause, anyio.get_cancelled_exc_class())
+    if cancelled and forced:
+        return ShutdownStepError(step, "was cancelled by a forced stop")
+    if late:
+        return ShutdownTimeoutError(step, limit)
+    if cancelled:
+        cause = RuntimeError("the finalizer was cancelled")
+    elif not finished:
+        cause = RuntimeError("the provider yielded a second time; it must yield once")
+    if cause is None:
+        return None
+    failure = ShutdownStepError(step, describe(cause))
+    failure.__cause__ = cause
+    return failure
 
 
 def _traceback(error: BaseException) -> BaseException | None:

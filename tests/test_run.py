@@ -13,10 +13,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start(mode: str) -> subprocess.Popen[str]:
+def start(mode: str, *options: str) -> subprocess.Popen[str]:
     """Start tests/apps/signalled.py in the given mode."""
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.apps.signalled", mode],
+        [sys.executable, "-m", "tests.apps.signalled", mode, *options],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -66,3 +66,27 @@ def test_a_failed_start_prints_one_line_and_exits_with_1() -> None:
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 1
     assert "resource Pool failed to start: ConnectionRefusedError: db:5432" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_a_crashed_subscriber_stops_the_app_with_one_line_and_exit_1() -> None:
+    """A subscriber whose transport fails stops app.run(): one error line, no traceback, 1."""
+    process = start("crash")
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 1, stderr
+    assert "finalizer done" in stdout  # the shutdown ran
+    errors = [line for line in stderr.splitlines() if " ERROR " in line]
+    assert errors[-1].endswith(
+        "subscriber main.<locals>.work stopped at jobs[0]@0:"
+        " ConnectionError: dead-letter topic unreachable"
+    ), stderr
+    assert "Traceback" not in stderr
+
+
+def test_debug_logging_shows_the_traceback_of_a_failure() -> None:
+    """With DEBUG logging, a failed start also logs its traceback."""
+    process = start("broken", "--debug")
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert "Traceback" in stderr
+    assert "ConnectionRefusedError: db:5432" in stderr

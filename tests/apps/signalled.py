@@ -1,16 +1,17 @@
 """An app run with app.run() in a child process by test_run.py; it prints what happens.
 
-Usage: python -m tests.apps.signalled [ok|hang|broken]
+Usage: python -m tests.apps.signalled [ok|hang|broken|crash] [--debug]
 """
 
 from __future__ import annotations
 
+import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import anyio
 
-from di_lifespan import App, Provider, Scope, provide
+from di_lifespan import App, MemoryBroker, Provider, Scope, provide
 
 
 class Pool:
@@ -33,14 +34,39 @@ class Resources(Provider):
         print("finalizer done", flush=True)
 
 
+class UnreachableDeadLetters(MemoryBroker):
+    """A transport whose dead-letter topics cannot be reached: a failed message crashes."""
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Mapping[str, bytes] | None = None,
+    ) -> None:
+        if topic.endswith(".dlq"):
+            raise ConnectionError("dead-letter topic unreachable")
+        await super().send(topic, value, key=key, headers=headers)
+
+
 def main() -> None:
     """Build the app for the mode given on the command line and run it until signalled."""
     mode = sys.argv[1] if len(sys.argv) > 1 else "ok"
-    app = App(Resources(mode), shutdown_timeout=120)
+    if "--debug" in sys.argv:
+        logging.basicConfig(level=logging.DEBUG)
+    broker = UnreachableDeadLetters() if mode == "crash" else None
+    app = App(Resources(mode), broker=broker, shutdown_timeout=120)
+
+    @app.subscriber("jobs", group="workers", retry=None)
+    async def work(body: bytes) -> None:
+        raise RuntimeError(f"cannot do {body.decode()}")
 
     @app.after_startup
-    def ready() -> None:
+    async def ready() -> None:
         print("ready", flush=True)
+        if mode == "crash":
+            await app.publish("jobs", b"job 1")
 
     app.run()
 

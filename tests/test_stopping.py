@@ -1,0 +1,137 @@
+"""Delivery begins only once the app is ready, and stops gracefully, whatever stops it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import anyio
+import pytest
+
+from di_lifespan import (
+    App,
+    DeliveryError,
+    MemoryBroker,
+    Retry,
+    ShutdownError,
+    ShutdownStepError,
+    StartupError,
+)
+
+
+async def test_a_failing_smoke_test_leaves_every_message_unhandled_and_uncommitted() -> None:
+    """No message reaches a handler, or is committed, before every after_startup hook passed."""
+    broker = MemoryBroker()
+    await broker.send("jobs", b"waiting since yesterday")
+    app = App(broker=broker)
+    handled: list[bytes] = []
+
+    @app.subscriber("jobs", group="workers")
+    async def work(body: bytes) -> None:
+        handled.append(body)
+
+    @app.after_startup
+    async def smoke_test() -> None:
+        await anyio.sleep(0.02)  # time enough for a subscriber that did not wait
+        raise RuntimeError("the model predicts nonsense")
+
+    with pytest.raises(StartupError, match="smoke_test failed to start"):
+        async with app:
+            pytest.fail("the app must not start")
+    assert handled == []
+    assert broker.committed("workers", "jobs") == [0]
+
+
+async def test_messages_published_by_after_startup_hooks_are_handled_once_ready() -> None:
+    """An after_startup hook may publish; its message is handled after the hooks passed."""
+    app = App(broker=MemoryBroker())
+    events: list[str] = []
+    handled = anyio.Event()
+
+    @app.subscriber("jobs", group="workers")
+    async def work(body: bytes) -> None:
+        events.append(f"handled {body.decode()}")
+        handled.set()
+
+    @app.after_startup
+    async def warm_up() -> None:
+        await app.publish("jobs", b"probe")
+        await anyio.sleep(0.02)
+        events.append("hooks passed")
+
+    async with app:
+        await handled.wait()
+    assert events == ["hooks passed", "handled probe"]
+
+
+class UnreachableDeadLetters(MemoryBroker):
+    """A transport whose dead-letter topics cannot be reached."""
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Mapping[str, bytes] | None = None,
+    ) -> None:
+        if topic.endswith(".dlq"):
+            raise ConnectionError("dead-letter topic unreachable")
+        await super().send(topic, value, key=key, headers=headers)
+
+
+async def test_one_crashing_subscriber_stops_the_app_and_the_others_commit() -> None:
+    """A crash stops the app gracefully: the other subscriber's message in hand is committed."""
+    broker = UnreachableDeadLetters()
+    app = App(broker=broker)
+    slow_started = anyio.Event()
+
+    @app.subscriber("slow", group="workers")
+    async def slow(body: bytes) -> None:
+        slow_started.set()
+        await anyio.sleep(0.05)  # still in hand when the other subscriber crashes
+
+    @app.subscriber("poison", group="workers", retry=None)
+    async def poisoned(body: bytes) -> None:
+        raise RuntimeError("bad input")
+
+    with anyio.fail_after(5), pytest.raises(ShutdownError) as caught:  # noqa: PT012  # the whole run is under test
+        async with app:
+            await app.publish("slow", b"long job")
+            await slow_started.wait()
+            await app.publish("poison", b"bad")
+            await anyio.sleep_forever()  # the crash ends the block
+    (failure,) = caught.value.exceptions
+    assert isinstance(failure, ShutdownStepError)
+    assert failure.step == f"subscriber {poisoned.__qualname__}"
+    crash = failure.__cause__
+    assert isinstance(crash, DeliveryError)
+    assert (crash.subscriber, crash.topic, crash.partition, crash.offset) == (
+        poisoned.__qualname__,
+        "poison",
+        0,
+        0,
+    )
+    assert broker.committed("workers", "slow") == [1]
+    assert broker.committed("workers", "poison") == [0]
+
+
+async def test_stopping_during_a_retry_pause_is_prompt_and_commits_nothing() -> None:
+    """A stop cuts a retry's backoff short; the message is neither committed nor dead-lettered."""
+    broker = MemoryBroker()
+    app = App(broker=broker)
+    attempts: list[int] = []
+    failed_once = anyio.Event()
+
+    @app.subscriber("jobs", group="workers", retry=Retry(attempts=5, backoff=30))
+    async def work(body: bytes) -> None:
+        attempts.append(len(attempts) + 1)
+        failed_once.set()
+        raise RuntimeError("flaky")
+
+    with anyio.fail_after(2):  # not the 30 s pause
+        async with app:
+            await app.publish("jobs", b"job")
+            await failed_once.wait()
+    assert attempts == [1]
+    assert broker.committed("workers", "jobs") == [0]
+    assert broker.messages("jobs.dlq") == []
