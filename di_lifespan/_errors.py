@@ -10,6 +10,7 @@ Every error derives from ``DiLifespanError``::
     │   ├── StartupTimeoutError     a resource or hook took longer than its time limit
     │   └── DependencyError         a hook asks for something nobody provides at APP scope
     ├── DeliveryError               a subscriber stopped: its transport failed under it
+    ├── EmbeddedKafkaError          the embedded broker could not be found or did not come up
     ├── ShutdownError               (also an ExceptionGroup) every failure of one shutdown
     └── ShutdownStepError           one failed step inside a ShutdownError
         └── ShutdownTimeoutError    a finalizer or hook that outlived its time limit
@@ -27,6 +28,7 @@ __all__ = [
     "DeliveryError",
     "DependencyError",
     "DiLifespanError",
+    "EmbeddedKafkaError",
     "GraphError",
     "LifespanStateError",
     "ShutdownError",
@@ -131,6 +133,22 @@ class DeliveryError(DiLifespanError):
 
     def __str__(self) -> str:
         return f"subscriber {self.subscriber} stopped: {self.reason}"
+
+
+class EmbeddedKafkaError(DiLifespanError):
+    """The embedded Kafka broker could not be found, or did not come up as ours.
+
+    ``address`` is the ``host:port`` it was to listen on, when it got that far.
+    """
+
+    def __init__(self, reason: str, *, address: str | None = None) -> None:
+        self.reason = reason
+        self.address = address
+        super().__init__(reason, address)
+
+    def __str__(self) -> str:
+        where = f" on {self.address}" if self.address else ""
+        return f"embedded Kafka broker{where}: {self.reason}"
 
 
 class ShutdownStepError(DiLifespanError):

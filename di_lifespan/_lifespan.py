@@ -145,6 +145,7 @@ class LifespanRun:
         )
         self._resources = ResourceSet(container, graph, limits)
         self.report = self._resources.report
+        self.report.broker = plan.broker.url
         return self._resources
 
     def _check_hooks(self, graph: ResourceGraph) -> None:

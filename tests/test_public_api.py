@@ -16,6 +16,7 @@ EXPECTED = {
     "DeliveryError",
     "DependencyError",
     "DiLifespanError",
+    "EmbeddedKafkaError",
     "FromDishka",
     "GraphError",
     "LifespanStateError",
