@@ -6,7 +6,7 @@ concurrently and each within a time limit, and finalizes them in reverse order a
 
 from dishka import FromDishka, Provider, Scope, from_context, provide
 
-from ._app import App, AppState
+from ._app import App, AppStatus
 from ._broker import Broker, Consumer, Subscription
 from ._delivery import DEAD_LETTER_HEADERS, Outgoing, Publisher
 from ._errors import (
@@ -32,7 +32,7 @@ from ._router import Router
 __all__ = [
     "DEAD_LETTER_HEADERS",
     "App",
-    "AppState",
+    "AppStatus",
     "Broker",
     "ConfigurationError",
     "Consumer",

@@ -1,4 +1,4 @@
-"""The application object: its providers, hooks and time limits, and its lifespan states."""
+"""The application object: its providers, hooks and time limits, and its lifespan status."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import enum
 import logging
 import math
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from types import TracebackType
+from types import SimpleNamespace, TracebackType
 from typing import Any, TypeVar
 
 import anyio
@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from ._broker import Broker
 from ._brokers import broker_from
+from ._config import check_context, lifespan_factory
 from ._errors import (
     ConfigurationError,
     LifespanStateError,
@@ -27,14 +28,14 @@ from ._errors import (
     StartupError,
 )
 from ._handlers import Retry
-from ._hooks import Hook
+from ._hooks import Hook, function_name
 from ._lifespan import LifespanPlan, LifespanRun
 from ._message import Headers
 from ._report import StartupReport
 from ._router import DEFAULT_DEAD_LETTER, DEFAULT_RETRY, Router
 from ._settings import settings_provider
 
-__all__ = ["App", "AppState"]
+__all__ = ["App", "AppState", "AppStatus", "State"]
 
 logger = logging.getLogger("di_lifespan")
 
@@ -46,13 +47,25 @@ DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 DEFAULT_GRACEFUL_TIMEOUT = 30.0
 
 
-class AppState(enum.StrEnum):
-    """Where an app is in its lifespan. A stopped app can be started again."""
+class AppStatus(enum.StrEnum):
+    """Where an app is in its lifespan (``app.status``). A stopped app can be started again."""
 
     STOPPED = "stopped"
     STARTING = "starting"
     RUNNING = "running"
     STOPPING = "stopping"
+
+
+# The enum's former name, still used inside the package; the public name is AppStatus.
+AppState = AppStatus
+
+
+class State(SimpleNamespace):
+    """Attributes of your own on one app (``app.state.model = ...``), as in starlette.
+
+    Each app has its own, kept as long as the app object, across runs; the framework never
+    reads or writes it.
+    """
 
 
 class App:
@@ -70,7 +83,9 @@ class App:
         broker: str | Broker | None = None,
         settings: type[BaseModel] | None = None,
         context: Mapping[type, Any] | None = None,
-        lifespan: Callable[[App], AbstractAsyncContextManager[Any]] | None = None,
+        lifespan: Callable[[App], AbstractAsyncContextManager[Any]]
+        | Callable[[App], AsyncIterator[Any]]
+        | None = None,
         startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT,
@@ -83,12 +98,11 @@ class App:
                     f"App() argument {position}",
                     f"expected a dishka Provider, got {provider!r}",
                 )
-        if lifespan is not None and not callable(lifespan):
-            raise ConfigurationError("App(lifespan=...)", f"expected a callable, got {lifespan!r}")
         self._providers = providers
         self._settings = settings
         self._context = dict(context or {})
-        self._lifespan = lifespan
+        check_context(self._context, providers, settings)
+        self._lifespan = lifespan_factory(lifespan)
         self.startup_timeout = _seconds("App(startup_timeout=...)", startup_timeout)
         self.shutdown_timeout = _seconds("App(shutdown_timeout=...)", shutdown_timeout)
         self.graceful_timeout = _seconds("App(graceful_timeout=...)", graceful_timeout)
@@ -102,8 +116,15 @@ class App:
         self.env_file = Path(env_file) if env_file is not None else None
         if settings is not None:
             settings_provider(settings, None)  # checks the class now, not at startup
+        elif env_file is not None:
+            raise ConfigurationError(
+                "App(env_file=...)",
+                "an env file is read into a settings class, and there is none: pass"
+                " settings=YourSettings too",
+            )
         self._hooks: dict[str, list[Hook]] = {stage: [] for stage in _STAGES}
-        self._state = AppState.STOPPED
+        self._state = AppStatus.STOPPED
+        self._app_state = State()
         self._run: LifespanRun | None = None
         self._last_report: StartupReport | None = None
         self._shutdown_failures: list[ShutdownStepError] = []
@@ -135,7 +156,10 @@ class App:
         return self._router.publisher(topic)
 
     def include_router(self, router: Router) -> None:
-        """Add the handlers and publishers of ``router`` to the app."""
+        """Add the handlers and publishers of ``router`` to the app.
+
+        A router may be included in several apps; each runs its handlers.
+        """
         self._router.include_router(router)
 
     async def publish(
@@ -173,15 +197,29 @@ class App:
         return self._add_hook("after_shutdown", func)
 
     def _add_hook(self, stage: str, func: HookFunc) -> HookFunc:
-        self._hooks[stage].append(Hook.parse(func, stage))
+        hook = Hook.parse(func, stage)
+        if self._state is not AppStatus.STOPPED:
+            # The run under way took its hooks when it began: this one would silently not run.
+            raise LifespanStateError(
+                f"register {stage} hook {function_name(func)}", str(self._state)
+            )
+        self._hooks[stage].append(hook)
         return func
 
-    # --- state ---------------------------------------------------------------------------
+    # --- status and state ----------------------------------------------------------------
 
     @property
-    def state(self) -> AppState:
-        """The lifespan state: stopped, starting, running or stopping."""
+    def status(self) -> AppStatus:
+        """Where the app is in its lifespan: stopped, starting, running or stopping."""
         return self._state
+
+    @property
+    def state(self) -> State:
+        """A namespace of your own on this app (``app.state.model = ...``), as in starlette.
+
+        Not the lifespan status: that is ``app.status``.
+        """
+        return self._app_state
 
     @property
     def container(self) -> AsyncContainer:

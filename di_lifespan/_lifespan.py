@@ -121,8 +121,8 @@ class LifespanRun:
         check_publishing(list(plan.publishing))
         try:
             container = make_async_container(
+                _framework_provider(),  # first, so that a test's override(Publisher, ...) wins
                 *plan.providers,
-                _framework_provider(),
                 context={**plan.context, Publisher: self.publisher},
                 lock_factory=None,  # resources are created by ResourceSet, in dependency order
             )

@@ -9,7 +9,7 @@ import di_lifespan
 EXPECTED = {
     "DEAD_LETTER_HEADERS",
     "App",
-    "AppState",
+    "AppStatus",
     "Broker",
     "ConfigurationError",
     "Consumer",
