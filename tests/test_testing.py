@@ -263,16 +263,19 @@ class RecordingPublisher(Publisher):
 
 
 async def test_the_publisher_can_be_overridden() -> None:
-    """override(Publisher, fake) gives handlers the fake; nothing reaches the broker."""
+    """override(Publisher, fake) gives handlers the fake; returned values are still sent."""
     app = App()
 
     @app.subscriber("orders")
-    async def fan_out(items: list[str], publisher: FromDishka[Publisher]) -> None:
+    @app.publisher("counts")
+    async def fan_out(items: list[str], publisher: FromDishka[Publisher]) -> int:
         for item in items:
             await publisher.publish(f"items.{item}", item)
+        return len(items)
 
     fake = RecordingPublisher()
     async with TestClient(app, overrides=[override(Publisher, fake)]) as client:
         await client.publish("orders", ["apple", "pear"])
         assert client.messages("items.apple") == []
+        assert client.published("counts") == [2]
     assert fake.sent == [("items.apple", "apple"), ("items.pear", "pear")]
