@@ -3,7 +3,7 @@
 Every error derives from ``DiLifespanError``::
 
     DiLifespanError
-    ├── ConfigurationError          bad arguments to App, a hook or a timeout table
+    ├── ConfigurationError          bad arguments to App, a handler or hook, or bad settings
     ├── LifespanStateError          an action the app's current state does not allow
     ├── StartupError                the app could not start; what is running was rolled back
     │   ├── GraphError              the dependency graph is invalid (dishka's explanation kept)
@@ -44,7 +44,11 @@ class DiLifespanError(Exception):
 
 
 class ConfigurationError(DiLifespanError):
-    """An argument given to di_lifespan is wrong; nothing has started."""
+    """An argument given to di_lifespan is wrong; nothing has started.
+
+    A settings value that does not validate is one too: it is the cause of the StartupError
+    that names the settings resource.
+    """
 
     def __init__(self, where: str, problem: str) -> None:
         self.where = where
