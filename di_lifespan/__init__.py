@@ -6,7 +6,7 @@ concurrently and each within a time limit, and finalizes them in reverse order a
 
 from dishka import FromDishka, Provider, Scope, from_context, provide
 
-from ._app import App, AppState
+from ._app import App, AppStatus
 from ._broker import Broker, Consumer, Subscription
 from ._delivery import DEAD_LETTER_HEADERS, Outgoing, Publisher
 from ._errors import (
@@ -14,6 +14,7 @@ from ._errors import (
     DeliveryError,
     DependencyError,
     DiLifespanError,
+    EmbeddedKafkaError,
     GraphError,
     LifespanStateError,
     ShutdownError,
@@ -31,13 +32,14 @@ from ._router import Router
 __all__ = [
     "DEAD_LETTER_HEADERS",
     "App",
-    "AppState",
+    "AppStatus",
     "Broker",
     "ConfigurationError",
     "Consumer",
     "DeliveryError",
     "DependencyError",
     "DiLifespanError",
+    "EmbeddedKafkaError",
     "FromDishka",
     "GraphError",
     "LifespanStateError",

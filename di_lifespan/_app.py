@@ -1,4 +1,4 @@
-"""The application object: its providers, hooks and time limits, and its lifespan states."""
+"""The application object: its providers, hooks and time limits, and its lifespan status."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import signal
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from types import TracebackType
+from types import SimpleNamespace, TracebackType
 from typing import Any, TypeVar
 
 import anyio
@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from ._broker import Broker
 from ._brokers import broker_from
+from ._config import check_context, lifespan_factory
 from ._errors import (
     ConfigurationError,
     LifespanStateError,
@@ -26,15 +27,15 @@ from ._errors import (
     StartupError,
 )
 from ._handlers import Retry
-from ._hooks import Hook
-from ._lifespan import AppState, LifespanPlan, LifespanRun
+from ._hooks import Hook, function_name
+from ._lifespan import AppStatus, LifespanPlan, LifespanRun
 from ._message import Headers
 from ._overrides import Override, resolve_overrides
 from ._report import StartupReport
 from ._router import DEFAULT_DEAD_LETTER, DEFAULT_RETRY, Router
 from ._settings import settings_provider
 
-__all__ = ["App", "AppState"]
+__all__ = ["App", "AppStatus", "State"]
 
 logger = logging.getLogger("di_lifespan")
 
@@ -44,6 +45,14 @@ _STAGES = ("on_startup", "after_startup", "on_shutdown", "after_shutdown")
 DEFAULT_STARTUP_TIMEOUT = 60.0
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 DEFAULT_GRACEFUL_TIMEOUT = 30.0
+
+
+class State(SimpleNamespace):
+    """Attributes of your own on one app (``app.state.model = ...``), as in starlette.
+
+    Each app has its own, kept as long as the app object, across runs; the framework never
+    reads or writes it.
+    """
 
 
 class App:
@@ -61,7 +70,9 @@ class App:
         broker: str | Broker | None = None,
         settings: type[BaseModel] | None = None,
         context: Mapping[type, Any] | None = None,
-        lifespan: Callable[[App], AbstractAsyncContextManager[Any]] | None = None,
+        lifespan: Callable[[App], AbstractAsyncContextManager[Any]]
+        | Callable[[App], AsyncIterator[Any]]
+        | None = None,
         startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT,
@@ -74,12 +85,11 @@ class App:
                     f"App() argument {position}",
                     f"expected a dishka Provider, got {provider!r}",
                 )
-        if lifespan is not None and not callable(lifespan):
-            raise ConfigurationError("App(lifespan=...)", f"expected a callable, got {lifespan!r}")
         self._providers = providers
         self._settings = settings
         self._context = dict(context or {})
-        self._lifespan = lifespan
+        check_context(self._context, providers, settings)
+        self._lifespan = lifespan_factory(lifespan)
         self.startup_timeout = _seconds("App(startup_timeout=...)", startup_timeout)
         self.shutdown_timeout = _seconds("App(shutdown_timeout=...)", shutdown_timeout)
         self.graceful_timeout = _seconds("App(graceful_timeout=...)", graceful_timeout)
@@ -93,7 +103,14 @@ class App:
         self.env_file = Path(env_file) if env_file is not None else None
         if settings is not None:
             settings_provider(settings, None)  # checks the class now, not at startup
+        elif env_file is not None:
+            raise ConfigurationError(
+                "App(env_file=...)",
+                "an env file is read into a settings class, and there is none: pass"
+                " settings=YourSettings too",
+            )
         self._hooks: dict[str, list[Hook]] = {stage: [] for stage in _STAGES}
+        self._app_state = State()
         self._run: LifespanRun | None = None
         self._entered: list[AbstractAsyncContextManager[App]] = []  # by `async with app`
         self._last_report: StartupReport | None = None
@@ -126,7 +143,10 @@ class App:
         return self._router.publisher(topic)
 
     def include_router(self, router: Router) -> None:
-        """Add the handlers and publishers of ``router`` to the app."""
+        """Add the handlers and publishers of ``router`` to the app.
+
+        A router may be included in several apps; each runs its handlers.
+        """
         self._router.include_router(router)
 
     async def publish(
@@ -164,19 +184,33 @@ class App:
         return self._add_hook("after_shutdown", func)
 
     def _add_hook(self, stage: str, func: HookFunc) -> HookFunc:
-        self._hooks[stage].append(Hook.parse(func, stage))
+        hook = Hook.parse(func, stage)
+        if self._state is not AppStatus.STOPPED:
+            # The run under way took its hooks when it began: this one would silently not run.
+            raise LifespanStateError(
+                f"register {stage} hook {function_name(func)}", str(self._state)
+            )
+        self._hooks[stage].append(hook)
         return func
 
-    # --- state ---------------------------------------------------------------------------
+    # --- status and state ----------------------------------------------------------------
 
     @property
-    def state(self) -> AppState:
-        """The lifespan state: stopped, starting, running or stopping."""
+    def status(self) -> AppStatus:
+        """Where the app is in its lifespan: stopped, starting, running or stopping."""
         return self._state
 
     @property
-    def _state(self) -> AppState:
-        return AppState.STOPPED if self._run is None else self._run.state
+    def _state(self) -> AppStatus:
+        return AppStatus.STOPPED if self._run is None else self._run.status
+
+    @property
+    def state(self) -> State:
+        """A namespace of your own on this app (``app.state.model = ...``), as in starlette.
+
+        Not the lifespan status: that is ``app.status``.
+        """
+        return self._app_state
 
     @property
     def container(self) -> AsyncContainer:

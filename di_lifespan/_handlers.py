@@ -2,27 +2,31 @@
 
 A handler's parameters are read once, when it is registered: one body parameter (decoded per
 its annotation), ``Message`` by annotation, and ``FromDishka[...]`` dependencies. At startup
-the APP-scoped dependencies are resolved once and kept; per message only the body is decoded,
-a REQUEST scope opened when some dependency needs one, and the function called.
+the cached APP-scoped dependencies are resolved once and kept; per message only the body is
+decoded, ``cache=False`` APP dependencies resolved again (as dishka would), a REQUEST scope
+opened when some dependency needs one, and the function called.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, get_type_hints
+from typing import Any
 
 import anyio
 import pydantic
-from dishka import AsyncContainer, DependencyKey
+from dishka import AsyncContainer, DependencyKey, Scope
+from dishka.dependency_source import Factory
+from dishka.entities.factory_type import FactoryType
 from dishka.integrations.base import default_parse_dependency
 
 from ._codec import decoder_for
 from ._errors import ConfigurationError, DependencyError, describe
 from ._graph import ResourceGraph, key_name, scope_of
-from ._hooks import function_name
+from ._hooks import function_name, is_async_callable, open_parameters
 from ._message import Message
 
 __all__ = ["BoundHandler", "HandlerSpec", "InvalidBodyError", "Retry", "Signature"]
@@ -61,9 +65,14 @@ class Retry:
             )
         for name in ("backoff", "max_backoff"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+            ):
                 raise ConfigurationError(
-                    f"Retry({name}=...)", f"expected seconds >= 0, got {value!r}"
+                    f"Retry({name}=...)", f"expected a finite number of seconds >= 0, got {value!r}"
                 )
 
 
@@ -78,11 +87,7 @@ class Signature:
 
     @classmethod
     def read(cls, func: Callable[..., Any], where: str) -> Signature:
-        try:
-            parameters = inspect.signature(func).parameters
-            hints = get_type_hints(func, include_extras=True)
-        except (NameError, TypeError, ValueError) as error:
-            raise ConfigurationError(where, f"cannot read its signature: {error}") from error
+        parameters, hints = open_parameters(func, where)
         body: list[str] = []
         message: str | None = None
         dependencies: dict[str, DependencyKey] = {}
@@ -137,6 +142,7 @@ class BoundHandler:
         "_container",
         "_decode",
         "_message",
+        "_per_call",
         "_request",
         "spec",
     )
@@ -147,17 +153,21 @@ class BoundHandler:
         container: AsyncContainer,
         app_values: dict[str, Any],
         request: dict[str, DependencyKey],
+        per_call: Mapping[str, DependencyKey] | None = None,
     ) -> None:
         self.spec = spec
         self._container = container
         self._app_values = app_values
-        self._request = tuple(request.items())
+        # Uncached APP dependencies: made anew per message, from the APP container.
+        self._per_call = tuple((per_call or {}).items())
+        # In a REQUEST scope, every per-message lookup goes through it (it asks its parent).
+        self._request = (*self._per_call, *request.items()) if request else ()
         self._body = spec.signature.body
         self._decode = spec.signature.decode
         self._message = spec.signature.message
         func = spec.func
         self._call: Callable[..., Awaitable[Any]] = (
-            func if inspect.iscoroutinefunction(func) else partial(_in_thread, func)
+            func if is_async_callable(func) else partial(_in_thread, func)
         )
 
     @classmethod
@@ -167,28 +177,42 @@ class BoundHandler:
         container: AsyncContainer,
         graph: ResourceGraph,
     ) -> BoundHandler:
-        """Resolve the APP dependencies once; the others are resolved per message.
+        """Resolve the cached APP dependencies once; the others are resolved per message.
 
         ``check`` has already made sure that every dependency is provided in some scope.
         """
         app_values: dict[str, Any] = {}
+        per_call: dict[str, DependencyKey] = {}
         request: dict[str, DependencyKey] = {}
         for parameter, key in spec.signature.dependencies.items():
-            if graph.provides(key):
+            if not graph.provides(key):
+                request[parameter] = key
+            elif _cached(container, key):
                 app_values[parameter] = await container.get(key.type_hint, key.component)
             else:
-                request[parameter] = key
-        return cls(spec, container, app_values, request)
+                per_call[parameter] = key
+        return cls(spec, container, app_values, request, per_call)
 
     @staticmethod
     def check(spec: HandlerSpec, container: AsyncContainer, graph: ResourceGraph) -> None:
-        """Raise DependencyError for a dependency that no provider gives, in any scope."""
+        """Raise DependencyError for a dependency no provider gives in APP or REQUEST scope."""
         for parameter, key in spec.signature.dependencies.items():
-            if not graph.provides(key) and scope_of(container, key) is None:
+            if graph.provides(key):
+                continue
+            scope = scope_of(container, key)
+            if scope is None:
                 raise DependencyError(
                     f"handler {spec.name}",
                     parameter,
                     f"asks for {key_name(key)}, which no provider gives",
+                )
+            if scope > Scope.REQUEST:
+                raise DependencyError(
+                    f"handler {spec.name}",
+                    parameter,
+                    f"asks for {key_name(key)}, which is provided at {scope.name} scope, deeper"
+                    " than REQUEST; a handler gets APP and REQUEST resources only (provide it"
+                    " at REQUEST scope)",
                 )
 
     async def __call__(self, message: Message) -> Any:
@@ -202,11 +226,35 @@ class BoundHandler:
         if self._message is not None:
             arguments[self._message] = message
         if not self._request:
+            for parameter, key in self._per_call:
+                arguments[parameter] = await self._container.get(key.type_hint, key.component)
             return await self._call(**arguments)
         async with self._container(context={_MESSAGE_CONTEXT: message}) as request:
             for parameter, key in self._request:
                 arguments[parameter] = await request.get(key.type_hint, key.component)
             return await self._call(**arguments)
+
+
+def _cached(container: AsyncContainer, key: DependencyKey) -> bool:
+    """Whether dishka keeps the first value of this long-lived key for the container's life.
+
+    A ``when=`` selector is cached when every variant it chooses from is.
+    """
+    current: AsyncContainer | None = container
+    while current is not None:
+        factory: Factory | None = current.registry.factories.get(key)
+        if factory is not None:
+            return _factory_cached(factory)
+        current = current.parent_container
+    return True  # not a factory of ours to make: a context value of the container
+
+
+def _factory_cached(factory: Factory) -> bool:
+    if factory.type is FactoryType.CONTEXT:
+        return True
+    if factory.type is FactoryType.SELECTOR:
+        return all(_factory_cached(variant) for variant in factory.when_dependencies)
+    return bool(factory.cache)
 
 
 async def _in_thread(func: Callable[..., Any], **arguments: Any) -> Any:

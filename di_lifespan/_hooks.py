@@ -1,7 +1,12 @@
-"""Lifespan hooks: plain functions, sync or async, that may take ``FromDishka[...]`` parameters."""
+"""Lifespan hooks: plain functions, sync or async, that may take ``FromDishka[...]`` parameters.
+
+Hooks and handlers may also be ``functools.partial`` objects or objects with a ``__call__``
+method: their parameters are read through the function underneath.
+"""
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,7 +17,50 @@ from dishka.integrations.base import default_parse_dependency
 
 from ._errors import ConfigurationError
 
-__all__ = ["Hook", "function_name", "injected_parameters"]
+__all__ = [
+    "Hook",
+    "function_name",
+    "injected_parameters",
+    "is_async_callable",
+    "open_parameters",
+]
+
+
+def open_parameters(
+    func: Callable[..., Any], where: str
+) -> tuple[dict[str, inspect.Parameter], dict[str, Any]]:
+    """The parameters a call of ``func`` still has to fill, and their resolved annotations.
+
+    For a ``functools.partial`` the arguments it already binds are left out; for an object
+    with ``__call__`` the annotations are those of that method.
+    """
+    target, bound = _underlying(func)
+    try:
+        parameters = inspect.signature(func).parameters
+        hints = get_type_hints(target, include_extras=True)
+    except (NameError, TypeError, ValueError) as error:
+        raise ConfigurationError(where, f"cannot read its signature: {error}") from error
+    return {name: value for name, value in parameters.items() if name not in bound}, hints
+
+
+def is_async_callable(func: Callable[..., Any]) -> bool:
+    """Whether calling ``func`` returns a coroutine.
+
+    True for an async function, a partial of one, and an object whose ``__call__`` is async.
+    """
+    target, _ = _underlying(func)
+    return inspect.iscoroutinefunction(target)
+
+
+def _underlying(func: Callable[..., Any]) -> tuple[Callable[..., Any], frozenset[str]]:
+    """The function whose code runs when ``func`` is called, and the keywords partials bind."""
+    bound: set[str] = set()
+    while isinstance(func, functools.partial):
+        bound.update(func.keywords)
+        func = func.func
+    if not (inspect.isroutine(func) or isinstance(func, type)):
+        func = type(func).__call__  # a callable object: its method (``self`` is not a hint)
+    return func, frozenset(bound)
 
 
 def injected_parameters(func: Callable[..., Any], where: str) -> dict[str, DependencyKey]:
@@ -21,13 +69,9 @@ def injected_parameters(func: Callable[..., Any], where: str) -> dict[str, Depen
     Raises ConfigurationError, naming ``where`` and the parameter, for a parameter that is
     neither injected nor optional, or for annotations that cannot be read.
     """
-    try:
-        signature = inspect.signature(func)
-        hints = get_type_hints(func, include_extras=True)
-    except (NameError, TypeError, ValueError) as error:
-        raise ConfigurationError(where, f"cannot read its signature: {error}") from error
+    parameters, hints = open_parameters(func, where)
     injected: dict[str, DependencyKey] = {}
-    for name, parameter in signature.parameters.items():
+    for name, parameter in parameters.items():
         key = default_parse_dependency(parameter, hints.get(name, parameter.annotation))
         if key is not None:
             injected[name] = key
@@ -72,5 +116,11 @@ class Hook:
 
 
 def function_name(func: Callable[..., Any]) -> str:
-    """How log lines and errors name a hook, handler or publisher: its qualified name."""
-    return getattr(func, "__qualname__", None) or repr(func)
+    """How log lines and errors name a hook, handler or publisher: its qualified name.
+
+    A partial is named after the function it wraps, a callable object after its class.
+    """
+    while isinstance(func, functools.partial):
+        func = func.func
+    name: str | None = getattr(func, "__qualname__", None)
+    return name or type(func).__qualname__

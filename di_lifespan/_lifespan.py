@@ -55,15 +55,15 @@ from ._report import StartupReport
 from ._resources import Limits, ResourceSet
 from ._router import PublishingFunction, check_publishing
 
-__all__ = ["AppState", "LifespanPlan", "LifespanRun"]
+__all__ = ["AppStatus", "LifespanPlan", "LifespanRun"]
 
 logger = logging.getLogger("di_lifespan")
 
 LifespanFactory = Callable[[Any], AbstractAsyncContextManager[Any]]
 
 
-class AppState(enum.StrEnum):
-    """Where an app is in its lifespan. A stopped app can be started again."""
+class AppStatus(enum.StrEnum):
+    """Where an app is in its lifespan (``app.status``). A stopped app can be started again."""
 
     STOPPED = "stopped"
     STARTING = "starting"
@@ -101,7 +101,7 @@ class LifespanRun:
     def __init__(self, plan: LifespanPlan, on_crash: Callable[[], None] | None = None) -> None:
         self._plan = plan
         self._on_crash = on_crash
-        self.state = AppState.STARTING
+        self.status = AppStatus.STARTING
         self.container: AsyncContainer | None = None
         self.report: StartupReport | None = None
         self.publisher = Publisher(plan.broker)
@@ -158,11 +158,11 @@ class LifespanRun:
                     raise
                 self.startup_error = error
             finally:
-                self.state = AppState.STOPPING
+                self.status = AppStatus.STOPPING
                 with self._shields.shield():
                     self.failures += await self._stop_the_rest()
                 self._finish_report()
-                self.state = AppState.STOPPED
+                self.status = AppStatus.STOPPED
         if self.startup_error is not None:
             for failure in self.failures:
                 self.startup_error.add_note(f"while rolling back: {failure}")
@@ -195,14 +195,14 @@ class LifespanRun:
             self._subscribers.deliver()  # only now may a message reach a handler
             resources.started()
             self.ready = True
-            self.state = AppState.RUNNING
+            self.status = AppStatus.RUNNING
             self._finish_report()
             task_status.started()
             await self._stop_requested.wait()
         except Exception as error:  # noqa: BLE001  # handed to main, which rolls back and reports
             return error
         finally:
-            self.state = AppState.STOPPING
+            self.status = AppStatus.STOPPING
             with self._shields.shield():
                 self.failures += await self._stop_subscribers()
         return None
@@ -222,7 +222,7 @@ class LifespanRun:
         check_publishing(list(plan.publishing))
         try:
             container = make_async_container(
-                _framework_provider(),
+                _framework_provider(),  # first, so that a test's override(Publisher, ...) wins
                 *plan.providers,
                 context={**plan.context, Publisher: self.publisher},
                 lock_factory=None,  # resources are created by ResourceSet, in dependency order
@@ -248,6 +248,7 @@ class LifespanRun:
         resources = self._resources = ResourceSet(container, graph, limits, self._shields)
         resources.open(tasks)
         self.report = resources.report
+        self.report.broker = plan.broker.url
         return resources
 
     def _check_hooks(self, graph: ResourceGraph) -> None:
@@ -284,6 +285,8 @@ class LifespanRun:
         what = "the lifespan context manager"
         try:
             manager = factory(self._plan.app)
+        except ConfigurationError:
+            raise
         except Exception as error:
             raise StartupError(what, describe(error)) from error
         held = self._held = _HeldContext(manager, self._shields)

@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 from dishka import BaseScope, DependencyKey, Provider, Scope
 from dishka.provider import BaseProvider
 
+from ._config import provided_scopes
+from ._delivery import Publisher
 from ._errors import ConfigurationError
 from ._graph import key_name
 
@@ -40,8 +42,11 @@ def resolve_overrides(
     overrides: Iterable[BaseProvider | Override],
     app_providers: Sequence[BaseProvider],
 ) -> list[BaseProvider]:
-    """Check that each override replaces something the app has; turn values into providers."""
-    provided = _provided_scopes(app_providers)
+    """Check that each override replaces something the app has; turn values into providers.
+
+    The app's own Publisher may be replaced too (a fake that records what handlers send).
+    """
+    provided = {**provided_scopes(app_providers), DependencyKey(Publisher, ""): Scope.APP}
     resolved: list[BaseProvider] = []
     for item in overrides:
         if isinstance(item, Override):
@@ -49,7 +54,7 @@ def resolve_overrides(
             _require(provided, key, f"override({key_name(key)}, ...)")
             resolved.append(_value_provider(item, provided[key]))
         else:
-            for key in _provided_scopes([item]):
+            for key in provided_scopes([item]):
                 _require(provided, key, f"override provider {type(item).__name__}")
             resolved.append(item)
     return resolved
@@ -62,24 +67,6 @@ def _require(provided: Mapping[DependencyKey, BaseScope], key: DependencyKey, wh
             f"the app provides no {key_name(key)}, so there is nothing to override"
             " (add it to the app's providers, or fix the type)",
         )
-
-
-def _provided_scopes(providers: Iterable[BaseProvider]) -> dict[DependencyKey, BaseScope]:
-    """Every type the providers give, with its scope."""
-    scopes: dict[DependencyKey, BaseScope] = {}
-    for provider in providers:
-        component = getattr(provider, "component", "") or ""
-        default_scope = getattr(provider, "scope", None)
-        sources: list[Any] = [*provider.factories, *provider.context_vars, *provider.aliases]
-        for source in sources:
-            provides: DependencyKey = source.provides
-            key = DependencyKey(
-                provides.type_hint,
-                provides.component if provides.component is not None else component,
-            )
-            scope = getattr(source, "scope", None) or default_scope or Scope.APP
-            scopes[key] = scope
-    return scopes
 
 
 def _value_provider(item: Override, scope: BaseScope) -> Provider:

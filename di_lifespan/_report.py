@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 __all__ = ["Outcome", "ResourceStart", "StartupReport"]
 
@@ -32,11 +33,25 @@ class ResourceStart:
 
 @dataclass(slots=True)
 class StartupReport:
-    """Every resource of one startup, in the order their setup began."""
+    """Every resource of one startup, in the order their setup began, and the broker used.
+
+    ``broker`` is the broker's URL (a password in it is masked), so that a service that
+    runs on the in-process ``memory://`` broker by mistake says so at every start.
+    """
 
     resources: list[ResourceStart] = field(default_factory=list)
     began: float = field(default_factory=time.perf_counter)
     duration: float | None = None
+    _broker: str | None = field(default=None, repr=False)
+
+    @property
+    def broker(self) -> str | None:
+        """The URL of the broker the app started with (None before it is known)."""
+        return self._broker
+
+    @broker.setter
+    def broker(self, url: str | None) -> None:
+        self._broker = None if url is None else _masked(url)
 
     def __getitem__(self, name: str) -> ResourceStart:
         for entry in self.resources:
@@ -63,10 +78,10 @@ class StartupReport:
         entry.error = error
 
     def summary(self) -> str:
-        """One line: how many resources started and how long startup took."""
+        """One line: how many resources started, how long startup took, and on which broker."""
         ready = sum(entry.outcome is Outcome.OK for entry in self.resources)
         took = "" if self.duration is None else f" in {self.duration:.3f}s"
-        return f"{ready} of {len(self.resources)} resources ready{took}"
+        return f"{ready} of {len(self.resources)} resources ready{took}{_on_broker(self.broker)}"
 
     def __str__(self) -> str:
         rows = [("resource", "start", "took", "outcome")]
@@ -84,6 +99,23 @@ class StartupReport:
             + row[3]
             for row in rows
         )
+
+
+def _on_broker(url: str | None) -> str:
+    if url is None:
+        return ""
+    if urlsplit(url).scheme == "memory":
+        return f", broker {url} (in this process only: nothing reaches Kafka)"
+    return f", broker {url}"
+
+
+def _masked(url: str) -> str:
+    """The URL with the password of its user part, if any, replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def _start_order(entry: ResourceStart) -> float:

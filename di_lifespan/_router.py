@@ -1,15 +1,21 @@
-"""Registering handlers and publishers: ``@app.subscriber``, ``@app.publisher``, ``Router``."""
+"""Registering handlers and publishers: ``@app.subscriber``, ``@app.publisher``, ``Router``.
+
+A router may be included in several apps (a fresh app per test, say): each app runs its
+handlers, and a publishing function publishes through whichever of them is running. Nothing
+is registered on a router while an app that includes it is running: the run has already
+taken its handlers.
+"""
 
 from __future__ import annotations
 
 import functools
-import inspect
+import weakref
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from ._errors import ConfigurationError, LifespanStateError
 from ._handlers import HandlerSpec, Retry, Signature
-from ._hooks import function_name
+from ._hooks import function_name, is_async_callable
 
 __all__ = [
     "DEFAULT_DEAD_LETTER",
@@ -25,14 +31,22 @@ DEFAULT_RETRY = Retry()
 DEFAULT_DEAD_LETTER = "{topic}.dlq"
 
 
+_STOPPED = "stopped"
+
+
 class _Publishes(Protocol):
+    """What a router needs of an app: its lifespan status, and publishing."""
+
+    @property
+    def status(self) -> str: ...
+
     async def publish(self, topic: str, value: Any) -> None: ...
 
 
 def check_publishing(functions: list[PublishingFunction]) -> None:
     """Refuse a publishing function that is sync and no subscriber: it could not publish."""
     for item in functions:
-        if not inspect.iscoroutinefunction(item.func):
+        if not is_async_callable(item.func):
             raise ConfigurationError(
                 f"@publisher on {function_name(item.func)}",
                 "a function that publishes its return value when called must be async"
@@ -52,11 +66,7 @@ class PublishingFunction:
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
         result = await self.func(*args, **kwargs)
         if result is not None:
-            app = self._router.app
-            if app is None:
-                raise LifespanStateError(
-                    f"publish the result of {function_name(self.func)}", "not included in any app"
-                )
+            app = self._router.publishing_app(function_name(self.func))
             for topic in self.topics:
                 await app.publish(topic, result)
         return result
@@ -69,7 +79,13 @@ class Router:
         self.handlers: list[HandlerSpec] = []
         self.publishing: list[PublishingFunction] = []
         self.routers: list[Router] = []
-        self.app: _Publishes | None = None
+        # Weak: a router at module level must not keep every app of a test session alive.
+        self._apps: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    @property
+    def apps(self) -> list[_Publishes]:
+        """The apps this router is included in, directly or through another router."""
+        return list(self._apps)
 
     def subscriber(
         self,
@@ -100,6 +116,7 @@ class Router:
             raise ConfigurationError(where, f"retry must be a Retry(...) or None, got {retry!r}")
         if dead_letter is not None:
             _check_topic(f"{where} dead_letter", dead_letter)
+            _check_no_loop(where, topics, dead_letter)
         if (
             isinstance(max_concurrency, bool)
             or not isinstance(max_concurrency, int)
@@ -110,9 +127,10 @@ class Router:
             )
 
         def register(func: Func) -> Func:
+            if not callable(func):
+                raise ConfigurationError(where, f"expected a function, got {func!r}")
+            self._check_open(f"register handler {function_name(func)}")
             target, topics_out = self._unwrap(func)
-            if not callable(target):
-                raise ConfigurationError(where, f"expected a function, got {target!r}")
             spec = HandlerSpec(
                 target,
                 topics,
@@ -138,6 +156,7 @@ class Router:
         _check_topic(f"publisher({topic!r})", topic)
 
         def register(func: Func) -> Func:
+            self._check_open(f"register publisher {function_name(func)}")
             for spec in self.handlers:
                 if spec.func is func:
                     spec.publish_to.append(topic)
@@ -154,9 +173,10 @@ class Router:
             raise ConfigurationError("include_router(...)", f"expected a Router, got {router!r}")
         if router is self or router in self.routers:
             raise ConfigurationError("include_router(...)", "this router is already included")
+        self._check_open("include a router")
         self.routers.append(router)
-        if self.app is not None:
-            router.attach(self.app)
+        for app in self._apps:
+            router.attach(app)
 
     def all_handlers(self) -> list[HandlerSpec]:
         return [
@@ -171,10 +191,32 @@ class Router:
         ]
 
     def attach(self, app: _Publishes) -> None:
-        """Make calls of publishing functions go through ``app``."""
-        self.app = app
+        """Let calls of publishing functions go through ``app`` (one of the apps, when running)."""
+        self._apps.add(app)
         for router in self.routers:
             router.attach(app)
+
+    def publishing_app(self, function: str) -> _Publishes:
+        """The app a publishing function publishes through: the one that is not stopped."""
+        apps = self.apps
+        live = [app for app in apps if app.status != _STOPPED]
+        if len(live) == 1 or (len(apps) == 1 and not live):
+            return (live or apps)[0]  # a lone stopped app refuses the publish itself
+        if not apps:
+            raise LifespanStateError(f"publish the result of {function}", "not included in any app")
+        if not live:
+            raise LifespanStateError(f"publish the result of {function}", _STOPPED)
+        raise ConfigurationError(
+            f"@publisher on {function}",
+            f"its router is included in {len(live)} running apps, so there is no one app to"
+            " publish through; call app.publish(...) on the one you mean",
+        )
+
+    def _check_open(self, action: str) -> None:
+        """Refuse a change while an app including this router runs: the run would not see it."""
+        for app in self._apps:
+            if app.status != _STOPPED:
+                raise LifespanStateError(action, str(app.status))
 
     def _wrap(self, func: Callable[..., Any]) -> PublishingFunction:
         # A sync function is fine under a subscriber; alone, the app refuses it at startup.
@@ -187,6 +229,17 @@ class Router:
             self.publishing.remove(func)
             return func.func, list(func.topics)
         return func, []
+
+
+def _check_no_loop(where: str, topics: tuple[str, ...], dead_letter: str) -> None:
+    for topic in topics:
+        if dead_letter.replace("{topic}", topic) == topic:
+            raise ConfigurationError(
+                f"{where} dead_letter",
+                f"{dead_letter!r} sends failed messages of {topic!r} back to {topic!r}, where"
+                " they would fail again, forever; name another topic (the default is"
+                " '{topic}.dlq'), or None to drop them",
+            )
 
 
 def _check_topic(where: str, topic: object) -> None:

@@ -80,8 +80,8 @@ def test_the_overview_example_prints_what_it_says() -> None:
 
 
 def test_the_lifespan_examples_print_what_their_comments_say() -> None:
-    """The finalizer, hook-order and time-limit examples print the documented lines."""
-    finalizer, hooks, limits = python_blocks(DOCS / "lifespan.md")
+    """The finalizer, hook-order, time-limit and FastAPI-style examples print their lines."""
+    finalizer, hooks, limits, fastapi_style = python_blocks(DOCS / "lifespan.md")
     assert run_block(finalizer, "docs/finalizer").splitlines() == ["flushing 1 rows"]
     assert run_block(hooks, "docs/hooks").splitlines() == [
         "1. on_startup",
@@ -91,6 +91,10 @@ def test_the_lifespan_examples_print_what_their_comments_say() -> None:
     ]
     assert run_block(limits, "docs/limits").splitlines() == [
         "resource Model failed to start: did not finish within 0.1 s"
+    ]
+    assert run_block(fastapi_style, "docs/fastapi_style").splitlines() == [
+        "running ['setosa', 'versicolor']",
+        "lifespan exit",
     ]
 
 

@@ -10,6 +10,7 @@ from di_lifespan import (
     ConfigurationError,
     DependencyError,
     DiLifespanError,
+    EmbeddedKafkaError,
     GraphError,
     LifespanStateError,
     ShutdownError,
@@ -25,7 +26,7 @@ def test_every_public_error_derives_from_the_root() -> None:
     """Every exception class di_lifespan exports is a DiLifespanError."""
     exported = [getattr(di_lifespan, name) for name in di_lifespan.__all__]
     errors = [item for item in exported if isinstance(item, type) and issubclass(item, Exception)]
-    assert len(errors) == 11
+    assert len(errors) == 12
     assert all(issubclass(error, DiLifespanError) for error in errors)
 
 
@@ -36,8 +37,15 @@ def test_the_tree_in_the_docstring_matches_the_classes() -> None:
     assert issubclass(DependencyError, StartupError)
     assert issubclass(ShutdownTimeoutError, ShutdownStepError)
     assert issubclass(ShutdownError, ExceptionGroup)
+    assert EmbeddedKafkaError.__mro__[1] is DiLifespanError
     docstring = di_lifespan._errors.__doc__ or ""
-    for name in ("ConfigurationError", "LifespanStateError", "GraphError", "ShutdownTimeoutError"):
+    for name in (
+        "ConfigurationError",
+        "LifespanStateError",
+        "GraphError",
+        "EmbeddedKafkaError",
+        "ShutdownTimeoutError",
+    ):
         assert name in docstring
 
 
@@ -61,6 +69,10 @@ def test_the_tree_in_the_docstring_matches_the_classes() -> None:
         (
             ShutdownTimeoutError("finalizer of Db", 3),
             "finalizer of Db failed: did not finish within 3 s",
+        ),
+        (
+            EmbeddedKafkaError("port 9092 is already in use", address="127.0.0.1:9092"),
+            "embedded Kafka broker on 127.0.0.1:9092: port 9092 is already in use",
         ),
     ],
 )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import pytest
@@ -15,11 +18,13 @@ from di_lifespan import (
     ConfigurationError,
     DependencyError,
     FromDishka,
+    LifespanStateError,
     MemoryBroker,
     Message,
     Outgoing,
     Provider,
     Publisher,
+    Retry,
     Router,
     Scope,
     StartupError,
@@ -346,6 +351,8 @@ def test_two_body_parameters_are_refused_at_registration() -> None:
         ({"topic": "t", "max_concurrency": 0}, "max_concurrency must be a whole number >= 1"),
         ({"topic": "t", "retry": 3}, "retry must be a Retry(...) or None"),
         ({"topic": "t", "dead_letter": ""}, "a topic must be a non-empty string"),
+        ({"topic": "t", "dead_letter": "t"}, "sends failed messages of 't' back to 't'"),
+        ({"topic": "t", "dead_letter": "{topic}"}, "sends failed messages of 't' back to 't'"),
     ],
 )
 def test_bad_subscriber_arguments_are_refused(arguments: dict[str, object], message: str) -> None:
@@ -371,8 +378,6 @@ async def test_a_sync_function_that_only_publishes_is_refused_at_startup() -> No
 
 async def test_publishing_outside_a_run_is_a_state_error() -> None:
     """app.publish on a stopped app raises LifespanStateError."""
-    from di_lifespan import LifespanStateError
-
     with pytest.raises(LifespanStateError, match="cannot publish: the app is stopped"):
         await App().publish("t", b"x")
 
@@ -417,3 +422,166 @@ async def test_a_handler_stays_a_plain_function_for_direct_calls() -> None:
         return number * 2
 
     assert await double(21) == 42  # no running app needed: nothing is published
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"backoff": math.inf}, "Retry(backoff=...): expected a finite number of seconds >= 0"),
+        ({"backoff": math.nan}, "Retry(backoff=...): expected a finite number of seconds >= 0"),
+        ({"max_backoff": math.inf}, "Retry(max_backoff=...): expected a finite number"),
+        ({"max_backoff": -1}, "Retry(max_backoff=...): expected a finite number"),
+    ],
+)
+def test_retry_refuses_pauses_that_are_not_finite(arguments: dict[str, Any], message: str) -> None:
+    """An infinite or NaN backoff would stall or break the retry loop: refused when made."""
+    with pytest.raises(ConfigurationError) as caught:
+        Retry(**arguments)
+    assert message in str(caught.value)
+
+
+class Deep:
+    """Provided at ACTION scope, deeper than a handler's REQUEST scope."""
+
+
+async def test_a_dependency_deeper_than_request_fails_the_start_naming_it() -> None:
+    """A FromDishka type given only at ACTION scope fails the start, naming scope and handler."""
+
+    class Deeper(Provider):
+        deep = provide(Deep, scope=Scope.ACTION)
+
+    app = App(Deeper())
+
+    @app.subscriber("t")
+    async def handle(body: bytes, deep: FromDishka[Deep]) -> None:
+        """Never runs."""
+
+    with pytest.raises(DependencyError) as caught:
+        await app.__aenter__()
+    assert caught.value.parameter == "deep"
+    assert caught.value.what.endswith("<locals>.handle")
+    assert "provided at ACTION scope, deeper than REQUEST" in str(caught.value)
+
+
+class Counter:
+    """An APP factory with cache=False: a new one each time dishka is asked."""
+
+    made = 0
+
+    def __init__(self) -> None:
+        Counter.made += 1
+        self.number = Counter.made
+
+
+async def test_an_uncached_app_dependency_is_made_per_message() -> None:
+    """cache=False at APP scope gives a fresh value per message, as dishka would."""
+
+    class Uncached(Provider):
+        counter = provide(Counter, scope=Scope.APP, cache=False)
+
+    broker = MemoryBroker()
+    app = App(Uncached(), broker=broker)
+    seen: list[int] = []
+
+    @app.subscriber("t")
+    async def plain(body: bytes, counter: FromDishka[Counter]) -> None:
+        seen.append(counter.number)
+
+    @app.subscriber("t")
+    async def with_request(body: bytes, counter: FromDishka[Counter], message: Message) -> None:
+        seen.append(counter.number)
+
+    async with app:
+        for value in (b"a", b"b"):
+            await app.publish("t", value)
+        await drained(broker)
+    assert len(seen) == 4
+    assert len(set(seen)) == 4
+
+
+class Greeter:
+    """A handler that is an object: its async __call__ handles the messages."""
+
+    def __init__(self, greeting: str) -> None:
+        self.greeting = greeting
+
+    async def __call__(self, name: str, tax: FromDishka[Tax]) -> str:
+        return f"{self.greeting} {name} {tax.rate}"
+
+
+async def tagged(name: str, prices: FromDishka[Prices], *, tag: str) -> str:
+    """A handler function that takes a tag a partial binds."""
+    return f"{tag} {name} {prices.table['apple']}"
+
+
+async def test_partials_and_callable_objects_are_handlers() -> None:
+    """functools.partial and objects with an async __call__ are handled like functions."""
+    broker = MemoryBroker()
+    app = App(Shop(Journal()), broker=broker)
+    app.publisher("out")(app.subscriber("names")(Greeter("hello")))
+    app.publisher("out")(app.subscriber("names")(functools.partial(tagged, tag="tagged")))
+    async with app:
+        await app.publish("names", "ada")
+        await drained(broker)
+    assert sorted(m.value for m in broker.messages("out")) == [b"hello ada 0.1", b"tagged ada 0.5"]
+    assert [spec.name for spec in app._router.all_handlers()] == ["Greeter", "tagged"]
+
+
+async def test_a_subscriber_registered_on_a_running_app_is_refused() -> None:
+    """The run has already taken its handlers: registering one now is a LifespanStateError."""
+    app = App()
+    async with app:
+        with pytest.raises(LifespanStateError) as caught:
+
+            @app.subscriber("late")
+            async def late(body: bytes) -> None:
+                """Never registered."""
+
+        assert str(caught.value).startswith("cannot register handler ")
+        assert str(caught.value).endswith("<locals>.late: the app is running")
+        with pytest.raises(LifespanStateError, match="cannot include a router"):
+            app.include_router(Router())
+    assert app._router.all_handlers() == []
+
+
+async def test_a_router_included_in_two_apps_works_in_both() -> None:
+    """Each app runs the router's handlers, and a publishing function uses the running app."""
+    router = Router()
+
+    @router.subscriber("in")
+    @router.publisher("out")
+    async def echo(text: str) -> str:
+        return text
+
+    @router.publisher("made")
+    async def make(text: str) -> str:
+        return text
+
+    brokers = {"first": MemoryBroker(), "second": MemoryBroker()}
+    apps = {text: App(broker=broker) for text, broker in brokers.items()}
+    for app in apps.values():
+        app.include_router(router)
+    for text, app in apps.items():
+        broker = brokers[text]
+        async with app:
+            await app.publish("in", text)
+            await make(text)
+            await drained(broker)
+        assert [m.value for m in broker.messages("out")] == [text.encode()]
+        assert [m.value for m in broker.messages("made")] == [text.encode()]
+
+
+async def test_a_router_running_in_two_apps_at_once_refuses_to_guess() -> None:
+    """A publishing function whose router runs in two apps at once says so, naming itself."""
+    router = Router()
+
+    @router.publisher("made")
+    async def make() -> str:
+        return "x"
+
+    first, second = App(), App()
+    first.include_router(router)
+    second.include_router(router)
+    async with first, second:
+        with pytest.raises(ConfigurationError, match=r"included in 2 running apps"):
+            await make()

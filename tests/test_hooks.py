@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,6 +14,7 @@ from di_lifespan import (
     ConfigurationError,
     DependencyError,
     FromDishka,
+    LifespanStateError,
     Provider,
     Scope,
     ShutdownError,
@@ -230,3 +232,73 @@ async def test_a_failing_user_lifespan_is_a_startup_error() -> None:
 
     with pytest.raises(StartupError, match="the lifespan context manager failed to start"):
         await App(lifespan=lifespan).__aenter__()
+
+
+class Warmer:
+    """A hook that is an object: its async __call__ gets resources injected."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+
+    async def __call__(self, model: FromDishka[Model]) -> None:
+        self.journal(f"warm {type(model).__name__}")
+
+
+def note(journal: Journal, event: str, model: FromDishka[Model]) -> None:
+    """A hook function whose first two arguments a partial binds."""
+    journal(f"{event} {type(model).__name__}")
+
+
+async def test_partials_and_callable_objects_are_hooks() -> None:
+    """functools.partial and objects with an async __call__ run as hooks, with injection."""
+    journal = Journal()
+    app = App(Resources(journal))
+    app.after_startup(Warmer(journal))
+    app.on_shutdown(functools.partial(note, journal, "stop"))
+    async with app:
+        pass
+    assert [event for event in journal.events if event[0] not in "+-"] == [
+        "warm Model",
+        "stop Model",
+    ]
+
+
+async def test_a_hook_registered_on_a_running_app_is_refused() -> None:
+    """A hook added while the app runs would not run in this run: LifespanStateError."""
+    app = App()
+    async with app:
+        with pytest.raises(LifespanStateError) as caught:
+
+            @app.on_shutdown
+            def late() -> None:
+                """Never registered."""
+
+    assert str(caught.value).startswith("cannot register on_shutdown hook ")
+    assert str(caught.value).endswith("late: the app is running")
+
+
+async def test_a_bare_async_generator_is_a_lifespan() -> None:
+    """As in starlette, an async generator function is accepted as lifespan= as it is."""
+    journal = Journal()
+
+    async def lifespan(app: App) -> AsyncIterator[None]:
+        journal("enter")
+        app.state.ready = True
+        yield
+        journal("exit")
+
+    app = App(lifespan=lifespan)
+    async with app:
+        journal(f"running, ready={app.state.ready}")
+    assert journal.events == ["enter", "running, ready=True", "exit"]
+
+
+async def test_a_lifespan_that_returns_no_context_manager_fails_the_start_naming_it() -> None:
+    """A lifespan function returning something else is a ConfigurationError at start."""
+
+    def lifespan(app: App) -> object:
+        return object()
+
+    app = App(lifespan=lifespan)  # type: ignore[arg-type]  # what the test is about
+    with pytest.raises(ConfigurationError, match=r"lifespan\(app\) returned object, not an async"):
+        await app.__aenter__()

@@ -16,10 +16,12 @@ from di_lifespan import (
     Provider,
     Scope,
     StartupError,
+    StartupReport,
     StartupTimeoutError,
     from_context,
     provide,
 )
+from di_lifespan._brokers import BROKER_ENV
 from di_lifespan._graph import ResourceGraph
 from tests.resources import Cache, Database, Diamond, Journal, Service, Settings
 
@@ -545,3 +547,30 @@ async def test_a_collection_creates_every_item_once_at_startup() -> None:
         plugins = await app.container.get(list[Plugin])
         assert sorted(plugin.name for plugin in plugins) == ["first", "second"]
     assert sorted(created) == ["first", "second"]
+
+
+async def test_the_startup_report_names_the_broker(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The default memory:// broker is in the report's field and says so in the summary line."""
+    monkeypatch.delenv(BROKER_ENV, raising=False)
+    caplog.set_level("INFO", logger="di_lifespan")
+    app = App(Diamond(Journal()))
+    async with app:
+        pass
+    report = app.startup_report
+    assert report is not None
+    assert report.broker == "memory://"
+    assert report.summary().endswith(
+        "resources ready in " + f"{report.duration:.3f}s, broker memory:// (in this process"
+        " only: nothing reaches Kafka)"
+    )
+    assert "broker memory://" in caplog.text
+
+
+def test_a_password_in_the_broker_url_is_masked_in_the_report() -> None:
+    """A broker URL's password never reaches the report or its log line."""
+    report = StartupReport()
+    report.broker = "kafka://svc:pa55word@kafka-1:9092"
+    assert report.broker == "kafka://svc:***@kafka-1:9092"
+    assert "pa55word" not in report.summary()

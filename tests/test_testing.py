@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pydantic
 import pytest
@@ -15,6 +16,7 @@ from di_lifespan import (
     FromDishka,
     Message,
     Provider,
+    Publisher,
     Retry,
     Scope,
     ShutdownError,
@@ -152,7 +154,7 @@ async def test_overrides_do_not_leak_from_one_run_to_the_next() -> None:
     async with TestClient(APP) as client:
         await client.publish("flowers", {"petal_length": 1.0})
         assert client.published("predictions") == [{"species": "setosa", "request": "flowers@0"}]
-    assert APP.state == "stopped"
+    assert APP.status == "stopped"
 
 
 async def test_a_handler_error_reaches_the_test() -> None:
@@ -195,7 +197,7 @@ async def test_overriding_a_type_the_app_lacks_fails_naming_it() -> None:
         "override(NotInTheApp, ...): the app provides no NotInTheApp, so there is nothing to"
         " override (add it to the app's providers, or fix the type)"
     )
-    assert APP.state == "stopped"
+    assert APP.status == "stopped"
 
 
 async def test_an_override_provider_with_an_unknown_type_fails_naming_it() -> None:
@@ -256,3 +258,32 @@ async def test_a_handler_that_never_finishes_fails_the_publish_with_a_timeout() 
     (timeout,) = stopped.value.exceptions
     assert isinstance(timeout, ShutdownTimeoutError)
     assert timeout.step == f"subscriber {stuck.__qualname__} (graceful_timeout)"
+
+
+class RecordingPublisher(Publisher):
+    """A fake Publisher: records what handlers send instead of sending it."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Any]] = []
+
+    async def publish(self, topic: str, value: Any, **options: Any) -> None:
+        self.sent.append((topic, value))
+
+
+async def test_the_publisher_can_be_overridden() -> None:
+    """override(Publisher, fake) gives handlers the fake; returned values are still sent."""
+    app = App()
+
+    @app.subscriber("orders")
+    @app.publisher("counts")
+    async def fan_out(items: list[str], publisher: FromDishka[Publisher]) -> int:
+        for item in items:
+            await publisher.publish(f"items.{item}", item)
+        return len(items)
+
+    fake = RecordingPublisher()
+    async with TestClient(app, overrides=[override(Publisher, fake)]) as client:
+        await client.publish("orders", ["apple", "pear"])
+        assert client.messages("items.apple") == []
+        assert client.published("counts") == [2]
+    assert fake.sent == [("items.apple", "apple"), ("items.pear", "pear")]

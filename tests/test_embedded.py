@@ -1,0 +1,70 @@
+"""EmbeddedKafka: a port another process holds is an error, never mistaken for our broker."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+import di_lifespan
+from di_lifespan import EmbeddedKafkaError
+from di_lifespan.kafka import EmbeddedKafka
+
+
+@pytest.fixture
+def other_broker() -> Iterator[int]:
+    """A port held by something else that answers Kafka's ApiVersions as a broker would."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)
+    stop = threading.Event()
+
+    def answer() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.settimeout(1)
+                try:
+                    (size,) = struct.unpack(">i", connection.recv(4))
+                    connection.recv(size)
+                    connection.sendall(struct.pack(">ii", 4, 1))  # size, correlation id 1
+                except (OSError, struct.error):
+                    continue
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+
+
+def test_a_port_held_by_another_broker_is_refused(other_broker: int) -> None:
+    """Another broker answering on the port is not taken for ours: EmbeddedKafkaError."""
+    kafka = EmbeddedKafka(port=other_broker, startup_timeout=5)
+    with pytest.raises(EmbeddedKafkaError) as caught:
+        kafka.start()
+    assert caught.value.address == f"127.0.0.1:{other_broker}"
+    assert f"port {other_broker} is already in use by another process" in str(caught.value)
+    assert not kafka.running
+
+
+def test_a_port_held_by_a_silent_listener_is_refused() -> None:
+    """A port something listens on without answering is refused before any launch."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = int(listener.getsockname()[1])
+        with pytest.raises(EmbeddedKafkaError, match="already in use"):
+            EmbeddedKafka(port=port).start()
+
+
+def test_the_error_is_part_of_the_public_hierarchy() -> None:
+    """EmbeddedKafkaError is importable from di_lifespan and di_lifespan.kafka, one class."""
+    assert di_lifespan.kafka.EmbeddedKafkaError is di_lifespan.EmbeddedKafkaError
+    assert issubclass(EmbeddedKafkaError, di_lifespan.DiLifespanError)
