@@ -80,9 +80,10 @@ def test_the_overview_example_prints_what_it_says() -> None:
 
 
 def test_the_lifespan_examples_print_what_their_comments_say() -> None:
-    """The finalizer, hook-order, time-limit and FastAPI-style examples print their lines."""
-    finalizer, hooks, limits, fastapi_style = python_blocks(DOCS / "lifespan.md")
+    """The finalizer, task, hook-order, time-limit and FastAPI-style examples print their lines."""
+    finalizer, heartbeat, hooks, limits, fastapi_style = python_blocks(DOCS / "lifespan.md")
     assert run_block(finalizer, "docs/finalizer").splitlines() == ["flushing 1 rows"]
+    assert run_block(heartbeat, "docs/heartbeat").splitlines() == ["beating: True"]
     assert run_block(hooks, "docs/hooks").splitlines() == [
         "1. on_startup",
         "2. after_startup: cache warmed",
