@@ -236,7 +236,7 @@ class SubscriberLoop:
             if not is_stray_cancellation(error):
                 raise
             # The handler awaited something another task cancelled: that is its failure.
-            await self._failed(message, _HandlerCancelled(describe(error)))
+            await self._failed(message, HandlerCancelledError())
         self._done[(message.topic, message.partition)] = message.offset + 1
 
     async def _failed(self, message: Message, error: Exception) -> None:
@@ -310,7 +310,7 @@ class SubscriberLoop:
         except anyio.get_cancelled_exc_class() as error:
             if not is_stray_cancellation(error):
                 raise
-            raise _HandlerCancelled(describe(error)) from error
+            raise HandlerCancelledError() from error
 
     async def _pause(self, seconds: float) -> None:
         """Wait before the next attempt; a stop ends the wait and the retries."""
@@ -369,8 +369,14 @@ class SubscriberLoop:
         return self._dead_letter.replace("{topic}", message.topic)
 
 
-class _HandlerCancelled(Exception):  # noqa: N818  # named for what the handler saw
+class HandlerCancelledError(Exception):
     """A handler raised CancelledError without being cancelled: a failure like any other."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the handler raised CancelledError without being cancelled"
+            " (it awaited something another task cancelled)"
+        )
 
 
 def log_fields(handler: str, message: Message) -> dict[str, Any]:

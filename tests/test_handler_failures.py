@@ -130,3 +130,21 @@ async def test_the_client_graceful_timeout_is_short_and_can_be_set() -> None:
     assert str(failure) == (
         f"subscriber {stuck.__qualname__} (graceful_timeout) failed: did not finish within 0.05 s"
     )
+
+
+async def test_an_error_down_a_chain_of_handlers_is_raised_by_the_publish() -> None:
+    """A handler fed by another handler's result fails: the first publish raises its error."""
+    app = App()
+
+    @app.subscriber("orders")
+    @app.publisher("invoices")
+    async def take(body: bytes) -> bytes:
+        return body + b" invoiced"
+
+    @app.subscriber("invoices")
+    async def send(body: bytes) -> None:
+        raise LookupError(f"no address for {body.decode()}")
+
+    async with TestClient(app) as client:
+        with pytest.raises(LookupError, match="no address for order 7 invoiced"):
+            await client.publish("orders", b"order 7")
