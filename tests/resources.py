@@ -1,10 +1,12 @@
-"""Small providers the tests share: resources that record what happens to them."""
+"""What the tests share: providers that record what happens to them, brokers, pytest runs."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import anyio
+import pytest
 
 from di_lifespan import Provider, Scope, provide
 
@@ -74,3 +76,23 @@ class Diamond(Provider):
         self.journal("+Service")
         yield Service()
         self.journal("-Service")
+
+
+# --- running pytest on a made-up project ------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_pytest(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, *args: str
+) -> pytest.RunResult:
+    """Run pytest on ``pytester``'s project in a new interpreter that imports this checkout.
+
+    pytester puts only the project on the child's path; without this checkout first there,
+    the child would import whichever di_lifespan is installed.
+    """
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    # Hypothesis is not part of such a project, and its plugin alone costs seconds a run.
+    return pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "no:hypothesispytest", *args
+    )
