@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 
 import anyio
 import pytest
@@ -22,7 +22,7 @@ from di_lifespan import (
     provide,
 )
 from tests.drain import drained
-from tests.resources import Journal
+from tests.resources import Journal, Refusing
 
 FAST = Retry(attempts=3, backoff=0.001)
 
@@ -39,7 +39,7 @@ async def test_a_failing_handler_is_retried_then_dead_lettered_with_error_header
     app = App(broker=broker)
     attempts: list[int] = []
 
-    @app.subscriber("orders", retry=FAST)
+    @app.subscriber("orders", group="pricing", retry=FAST)
     async def handle(body: bytes, message: Message) -> None:
         attempts.append(message.attempt)
         raise ValueError(f"cannot price {body.decode()}")
@@ -60,7 +60,7 @@ async def test_a_failing_handler_is_retried_then_dead_lettered_with_error_header
         "offset": "0",
         "attempts": "3",
     }
-    assert broker.committed("", "orders") == [0]  # the anonymous group is not a real one
+    assert broker.committed("pricing", "orders") == [1]  # dead-lettered, so done with
     assert "orders[0]@0 failed (attempt 1 of 3), retrying" in caplog.text
     assert "sent to orders.dlq after 3 attempt(s)" in caplog.text
 
@@ -247,26 +247,10 @@ async def test_a_handler_past_the_graceful_timeout_is_cancelled_and_read_again()
     assert broker.committed("workers", "jobs") == [1]
 
 
-class FailingDeadLetters(MemoryBroker):
-    """A transport whose dead-letter topic refuses every message."""
-
-    async def send(
-        self,
-        topic: str,
-        value: bytes,
-        *,
-        key: bytes | None = None,
-        headers: Mapping[str, bytes] | None = None,
-    ) -> None:
-        if topic.endswith(".dlq"):
-            raise ConnectionError("dead-letter topic unreachable")
-        await super().send(topic, value, key=key, headers=headers)
-
-
 async def test_a_subscriber_whose_transport_fails_stops_the_app_without_committing() -> None:
     """When a dead letter cannot be sent, the subscriber stops, the app stops with the error."""
     journal = Journal()
-    broker = FailingDeadLetters()
+    broker = Refusing(MemoryBroker(), {"jobs.dlq"})
     app = App(Pool(journal), broker=broker)
 
     @app.subscriber("jobs", group="workers", retry=None)
@@ -280,7 +264,7 @@ async def test_a_subscriber_whose_transport_fails_stops_the_app_without_committi
     (failure,) = caught.value.exceptions
     assert str(failure) == (
         "subscriber test_a_subscriber_whose_transport_fails_stops_the_app_without_committing"
-        ".<locals>.work failed: ConnectionError: dead-letter topic unreachable"
+        ".<locals>.work failed: ConnectionError: broker refused a message to jobs.dlq"
     )
-    assert broker.committed("workers", "jobs") == [0]
+    assert broker.committed_count("jobs") == 0
     assert journal.events == ["-Connection"]  # the rest of the shutdown ran

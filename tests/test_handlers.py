@@ -6,7 +6,6 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
-import anyio
 import pytest
 from pydantic import BaseModel
 
@@ -400,11 +399,6 @@ async def test_the_users_own_message_context_is_accepted() -> None:
         await app.publish("t", b"x")
         await drained(broker)
     assert seen == ["t[0]@0"]
-
-
-async def test_anyio_is_used_in_tests() -> None:
-    """The anyio plugin runs these tests (a sanity check on the test setup itself)."""
-    await anyio.lowlevel.checkpoint()
 
 
 async def test_a_handler_stays_a_plain_function_for_direct_calls() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import struct
 
@@ -51,6 +52,15 @@ async def test_lifespan_client_runs_the_app_with_the_overrides(lifespan_client: 
     """The plugin's lifespan_client is a running TestClient with this module's overrides."""
     await lifespan_client.publish("names", "Ada")
     assert lifespan_client.published("greetings") == [b"hi Ada"]
+
+
+async def test_this_suite_runs_coroutine_tests_through_anyio_on_asyncio(
+    request: pytest.FixtureRequest,
+) -> None:
+    """The conftest marks each coroutine test for anyio, whose plugin runs it on asyncio."""
+    assert request.node.get_closest_marker("anyio") is not None
+    assert request.getfixturevalue("anyio_backend") == "asyncio"
+    assert asyncio.current_task() is not None  # inside a running asyncio task
 
 
 def test_kafka_bootstrap_answers_the_kafka_protocol(kafka_bootstrap: str) -> None:
