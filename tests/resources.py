@@ -9,8 +9,19 @@ from typing import Any
 
 import anyio
 import pytest
+from dishka.provider import BaseProvider
 
-from di_lifespan import Broker, Consumer, Message, Provider, Scope, Subscription, provide
+from di_lifespan import (
+    App,
+    Broker,
+    Consumer,
+    MemoryBroker,
+    Message,
+    Provider,
+    Scope,
+    Subscription,
+    provide,
+)
 from di_lifespan._broker import Delivery, TopicPartition
 
 
@@ -79,6 +90,12 @@ class Diamond(Provider):
         self.journal("+Service")
         yield Service()
         self.journal("-Service")
+
+
+def app_on_memory(*providers: BaseProvider, **options: Any) -> tuple[App, MemoryBroker]:
+    """An app on a memory broker of its own, and that broker, to read topics and offsets from."""
+    broker = MemoryBroker()
+    return App(*providers, broker=broker, **options), broker
 
 
 # --- test brokers: a real broker inside, acknowledgements and refusals scripted -----------

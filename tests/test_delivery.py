@@ -22,7 +22,7 @@ from di_lifespan import (
     provide,
 )
 from tests.drain import drained
-from tests.resources import Journal, Refusing
+from tests.resources import Journal, Refusing, app_on_memory
 
 FAST = Retry(attempts=3, backoff=0.001)
 
@@ -35,8 +35,7 @@ async def test_a_failing_handler_is_retried_then_dead_lettered_with_error_header
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Three attempts in all, then the message goes to <topic>.dlq with headers naming why."""
-    broker = MemoryBroker()
-    app = App(broker=broker)
+    app, broker = app_on_memory()
     attempts: list[int] = []
 
     @app.subscriber("orders", group="pricing", retry=FAST)
@@ -67,8 +66,7 @@ async def test_a_failing_handler_is_retried_then_dead_lettered_with_error_header
 
 async def test_a_handler_that_recovers_on_retry_publishes_its_result() -> None:
     """A handler that fails twice and then succeeds publishes once, and nothing is dead-lettered."""
-    broker = MemoryBroker()
-    app = App(broker=broker)
+    app, broker = app_on_memory()
 
     @app.subscriber("in", retry=FAST)
     @app.publisher("out")
@@ -88,8 +86,7 @@ async def test_an_invalid_body_is_dead_lettered_at_once_and_the_next_message_is_
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A body that fails validation skips retries; the log names the field; the stream goes on."""
-    broker = MemoryBroker()
-    app = App(broker=broker)
+    app, broker = app_on_memory()
     handled: list[float] = []
 
     @app.subscriber("flowers", retry=FAST)
@@ -117,8 +114,7 @@ async def test_dead_letter_none_drops_the_message_with_an_error_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """With dead_letter=None and retry=None a failing message is logged and dropped."""
-    broker = MemoryBroker()
-    app = App(broker=broker)
+    app, broker = app_on_memory()
 
     @app.subscriber("in", retry=None, dead_letter=None)
     async def fail(body: bytes) -> None:
@@ -133,8 +129,7 @@ async def test_dead_letter_none_drops_the_message_with_an_error_line(
 
 async def test_a_dead_letter_template_names_the_topic() -> None:
     """dead_letter='errors.{topic}' sends each message's failures to its own topic's queue."""
-    broker = MemoryBroker()
-    app = App(broker=broker)
+    app, broker = app_on_memory()
 
     @app.subscriber("a", "b", retry=None, dead_letter="errors.{topic}")
     async def fail(body: bytes) -> None:
@@ -199,8 +194,7 @@ class Pool(Provider):
 async def test_a_handler_mid_way_at_shutdown_finishes_with_its_resources_open() -> None:
     """Shutdown waits for the handler in hand; it still sees the connection open; then commit."""
     journal = Journal()
-    broker = MemoryBroker()
-    app = App(Pool(journal), broker=broker)
+    app, broker = app_on_memory(Pool(journal))
     entered = anyio.Event()
     stopping = anyio.Event()
 
@@ -224,8 +218,7 @@ async def test_a_handler_mid_way_at_shutdown_finishes_with_its_resources_open() 
 
 async def test_a_handler_past_the_graceful_timeout_is_cancelled_and_read_again() -> None:
     """A handler that outlives graceful_timeout is cancelled, not committed, and redelivered."""
-    broker = MemoryBroker()
-    app = App(broker=broker, graceful_timeout=0.05)
+    app, broker = app_on_memory(graceful_timeout=0.05)
     runs: list[str] = []
     entered = anyio.Event()
 
