@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import signal
@@ -9,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace, TracebackType
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
 from dishka import AsyncContainer, Provider, Scope
@@ -26,13 +27,12 @@ from ._errors import (
     ShutdownStepError,
     StartupError,
 )
-from ._handlers import Retry
 from ._hooks import Hook, function_name
 from ._lifespan import AppStatus, LifespanPlan, LifespanRun
 from ._message import Headers
 from ._overrides import Override, resolve_overrides
 from ._report import StartupReport
-from ._router import DEFAULT_DEAD_LETTER, DEFAULT_RETRY, Router
+from ._router import Router
 from ._settings import settings_provider
 
 __all__ = ["App", "AppStatus", "State"]
@@ -40,11 +40,28 @@ __all__ = ["App", "AppStatus", "State"]
 logger = logging.getLogger("di_lifespan")
 
 HookFunc = TypeVar("HookFunc", bound=Callable[..., Any])
+Params = ParamSpec("Params")
+Result = TypeVar("Result")
 
 _STAGES = ("on_startup", "after_startup", "on_shutdown", "after_shutdown")
 DEFAULT_STARTUP_TIMEOUT = 60.0
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 DEFAULT_GRACEFUL_TIMEOUT = 30.0
+
+
+def _parameters_of(
+    original: Callable[Concatenate[Any, Params], Result],
+) -> Callable[[Callable[..., Any]], Callable[Concatenate[Any, Params], Result]]:
+    """Give a method that passes its arguments on to ``original`` the parameters of ``original``.
+
+    One parameter list, written once: mypy checks calls against ``original``'s parameters,
+    and ``inspect.signature`` and ``help()`` show them.
+    """
+
+    def adopt(method: Callable[..., Any]) -> Callable[Concatenate[Any, Params], Result]:
+        return functools.wraps(original)(method)
+
+    return adopt
 
 
 class State(SimpleNamespace):
@@ -119,24 +136,10 @@ class App:
 
     # --- handlers and publishing ----------------------------------------------------------
 
-    def subscriber(
-        self,
-        topic: str,
-        *more_topics: str,
-        group: str | None = None,
-        retry: Retry | None = DEFAULT_RETRY,
-        dead_letter: str | None = DEFAULT_DEAD_LETTER,
-        max_concurrency: int = 1,
-    ) -> Callable[[HookFunc], HookFunc]:
+    @_parameters_of(Router.subscriber)
+    def subscriber(self, *args: Any, **kwargs: Any) -> Any:
         """Handle the messages of ``topic``: see ``Router.subscriber``."""
-        return self._router.subscriber(
-            topic,
-            *more_topics,
-            group=group,
-            retry=retry,
-            dead_letter=dead_letter,
-            max_concurrency=max_concurrency,
-        )
+        return self._router.subscriber(*args, **kwargs)
 
     def publisher(self, topic: str) -> Callable[[HookFunc], HookFunc]:
         """Publish the decorated function's return value to ``topic``: see ``Router.publisher``."""

@@ -198,6 +198,13 @@ class ShutdownError(DiLifespanError, ExceptionGroup[ShutdownStepError]):
     def __init__(self, message: str, errors: Sequence[ShutdownStepError]) -> None:
         super().__init__(message, errors)
 
+    @property
+    def exceptions(self) -> tuple[ShutdownStepError, ...]:
+        """The failed steps, in the order they ran (never nested groups)."""
+        # ExceptionGroup types its items as "an error or a nested group"; a ShutdownError is
+        # built from steps only, and derive() keeps it flat, so each item is a step.
+        return super().exceptions  # type: ignore[return-value]  # flat by construction, see above
+
     def derive(self, excs: Sequence[ShutdownStepError]) -> ShutdownError:  # type: ignore[override]  # narrower element type than ExceptionGroup's
         return ShutdownError(self.message, excs)
 

@@ -8,8 +8,9 @@ factories win for the same types.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import UnionType
+from typing import TYPE_CHECKING, Any, Never, TypeVar
 
 from dishka import BaseScope, DependencyKey, Provider, Scope
 from dishka.provider import BaseProvider
@@ -18,6 +19,9 @@ from ._config import provided_scopes
 from ._delivery import Publisher
 from ._errors import ConfigurationError
 from ._graph import key_name
+
+if TYPE_CHECKING:
+    from typing import _SpecialForm  # what mypy calls Annotated[...], Optional[...] and the like
 
 __all__ = ["Override", "override", "resolve_overrides"]
 
@@ -33,8 +37,21 @@ class Override:
     component: str = ""
 
 
-def override(type_: type[T] | Any, value: T, *, component: str = "") -> Override:
-    """Replace the app's ``type_`` with ``value`` in a test (at the scope the app gives it)."""
+def override(
+    type_: type[T] | _SpecialForm | UnionType,
+    value: T | Callable[[T], Never],
+    *,
+    component: str = "",
+) -> Override:
+    """Replace the app's ``type_`` with ``value`` in a test (at the scope the app gives it).
+
+    Typed so that mypy checks ``value`` against ``type_``: it infers ``T`` from an argument
+    whose declared type holds a callable only after the other arguments, so ``T`` comes from
+    ``type_`` alone (a plain ``value: T`` would widen ``T`` to fit both, ``object`` at worst).
+    The ``Callable[[T], Never]`` member is that marker; no real value is such a function. A
+    special form (``Annotated[...]``, ``Optional[...]``) is accepted with a value of any type,
+    and the union also keeps mypy from refusing an abstract class or a protocol as ``type_``.
+    """
     return Override(type_, value, component)
 
 

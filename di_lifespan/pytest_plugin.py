@@ -7,11 +7,16 @@ Fixtures:
 - ``lifespan_client``: a running ``TestClient`` for the app your ``lifespan_app`` fixture
   returns, with the providers your ``lifespan_overrides`` fixture returns (none by default).
 
-Async tests run through anyio's pytest plugin (``@pytest.mark.anyio``).
+``lifespan_client`` is an async fixture: run async tests with anyio's pytest plugin
+(``anyio_mode = "auto"``, or ``@pytest.mark.anyio`` on each test) or with pytest-asyncio in
+auto mode (``asyncio_mode = "auto"``), not both. A test that requests it under any other setup
+fails at once, saying what to set.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -58,9 +63,77 @@ def lifespan_overrides() -> Sequence[BaseProvider | Override]:
 
 @pytest.fixture
 async def lifespan_client(
+    request: pytest.FixtureRequest,
     lifespan_app: App,
     lifespan_overrides: Sequence[BaseProvider | Override],
 ) -> AsyncIterator[TestClient]:
     """The app's whole lifespan on an in-memory broker, for one test."""
-    async with TestClient(lifespan_app, overrides=lifespan_overrides) as client:
-        yield client
+    client = TestClient(lifespan_app, overrides=lifespan_overrides)
+    if "anyio_backend" in request.fixturenames:
+        # anyio's plugin runs a fixture's setup and teardown in one task of its own.
+        async with client:
+            yield client
+    else:
+        async with _hosted(client):
+            yield client
+
+
+@contextlib.asynccontextmanager
+async def _hosted(client: TestClient) -> AsyncIterator[None]:
+    """Start and stop ``client`` in one task of its own, for the time of the block.
+
+    pytest-asyncio runs an async fixture's setup and its teardown in two different tasks,
+    while a running app's task group must be left by the task that entered it. The host task
+    is awaited before the block exits, so it never outlives the fixture.
+    """
+    started = asyncio.Event()
+    stop = asyncio.Event()
+
+    async def host() -> None:
+        try:
+            async with client:
+                started.set()
+                await stop.wait()
+        finally:
+            started.set()  # a failed start wakes the fixture too
+
+    task = asyncio.get_running_loop().create_task(host(), name="di_lifespan lifespan_client")
+    await started.wait()
+    if task.done():
+        await task  # raises the StartupError
+    try:
+        yield
+    finally:
+        stop.set()
+        await task  # raises a ShutdownError
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail a test that asks for lifespan_client when no async plugin would run it rightly."""
+    if "lifespan_client" not in getattr(item, "fixturenames", ()):
+        return
+    by_anyio = "anyio_backend" in getattr(item, "fixturenames", ())
+    by_asyncio = _asyncio_auto_mode(item.config)
+    if by_anyio != by_asyncio:
+        return
+    problem = (
+        "both anyio's plugin and pytest-asyncio's auto mode would run it, each in an event loop"
+        " of its own"
+        if by_anyio
+        else "neither anyio's pytest plugin nor pytest-asyncio in auto mode runs this test"
+    )
+    pytest.fail(
+        f"lifespan_client is an async fixture, and {problem}. Pick one: set anyio_mode ="
+        ' "auto" in your pytest configuration (or mark the test @pytest.mark.anyio), or'
+        ' install pytest-asyncio and set asyncio_mode = "auto".',
+        pytrace=False,
+    )
+
+
+def _asyncio_auto_mode(config: pytest.Config) -> bool:
+    """Whether pytest-asyncio is active and runs every async test and fixture (auto mode)."""
+    if not config.pluginmanager.has_plugin("asyncio"):
+        return False
+    mode = config.getoption("asyncio_mode", None) or config.getini("asyncio_mode")
+    return str(mode) == "auto"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 
 import anyio
 import pytest
@@ -23,7 +23,7 @@ from di_lifespan import (
     provide,
 )
 from tests.drain import drained
-from tests.resources import Journal
+from tests.resources import Journal, Refusing, app_on_memory
 
 FAST = Retry(attempts=3, backoff=0.001)
 
@@ -36,11 +36,10 @@ async def test_a_failing_handler_is_retried_then_dead_lettered_with_error_header
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Three attempts in all, then the message goes to <topic>.dlq with headers naming why."""
-    broker = MemoryBroker()
-    app = App(broker=broker)
+    app, broker = app_on_memory()
     attempts: list[int] = []
 
-    @app.subscriber("orders", retry=FAST)
+    @app.subscriber("orders", group="pricing", retry=FAST)
     async def handle(body: bytes, message: Message) -> None:
         attempts.append(message.attempt)
         raise ValueError(f"cannot price {body.decode()}")
@@ -61,15 +60,14 @@ async def test_a_failing_handler_is_retried_then_dead_lettered_with_error_header
         "offset": "0",
         "attempts": "3",
     }
-    assert broker.committed("", "orders") == [0]  # the anonymous group is not a real one
+    assert broker.committed("pricing", "orders") == [1]  # dead-lettered, so done with
     assert "orders[0]@0 failed (attempt 1 of 3), retrying" in caplog.text
     assert "sent to orders.dlq after 3 attempt(s)" in caplog.text
 
 
 async def test_a_handler_that_recovers_on_retry_publishes_its_result() -> None:
     """A handler that fails twice and then succeeds publishes once, and nothing is dead-lettered."""
-    broker = MemoryBroker()
-    app = App(broker=broker)
+    app, broker = app_on_memory()
 
     @app.subscriber("in", retry=FAST)
     @app.publisher("out")
@@ -89,8 +87,7 @@ async def test_an_invalid_body_is_dead_lettered_at_once_and_the_next_message_is_
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A body that fails validation skips retries; the log names the field; the stream goes on."""
-    broker = MemoryBroker()
-    app = App(broker=broker)
+    app, broker = app_on_memory()
     handled: list[float] = []
 
     @app.subscriber("flowers", retry=FAST)
@@ -118,8 +115,7 @@ async def test_dead_letter_none_drops_the_message_with_an_error_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """With dead_letter=None and retry=None a failing message is logged and dropped."""
-    broker = MemoryBroker()
-    app = App(broker=broker)
+    app, broker = app_on_memory()
 
     @app.subscriber("in", retry=None, dead_letter=None)
     async def fail(body: bytes) -> None:
@@ -134,8 +130,7 @@ async def test_dead_letter_none_drops_the_message_with_an_error_line(
 
 async def test_a_dead_letter_template_names_the_topic() -> None:
     """dead_letter='errors.{topic}' sends each message's failures to its own topic's queue."""
-    broker = MemoryBroker()
-    app = App(broker=broker)
+    app, broker = app_on_memory()
 
     @app.subscriber("a", "b", retry=None, dead_letter="errors.{topic}")
     async def fail(body: bytes) -> None:
@@ -200,8 +195,7 @@ class Pool(Provider):
 async def test_a_handler_mid_way_at_shutdown_finishes_with_its_resources_open() -> None:
     """Shutdown waits for the handler in hand; it still sees the connection open; then commit."""
     journal = Journal()
-    broker = MemoryBroker()
-    app = App(Pool(journal), broker=broker)
+    app, broker = app_on_memory(Pool(journal))
     entered = anyio.Event()
     stopping = anyio.Event()
 
@@ -225,8 +219,7 @@ async def test_a_handler_mid_way_at_shutdown_finishes_with_its_resources_open() 
 
 async def test_a_handler_past_the_graceful_timeout_is_cancelled_and_read_again() -> None:
     """A handler past graceful_timeout is cancelled, reported, not committed, and redelivered."""
-    broker = MemoryBroker()
-    app = App(broker=broker, graceful_timeout=0.05)
+    app, broker = app_on_memory(graceful_timeout=0.05)
     runs: list[str] = []
     entered = anyio.Event()
 
@@ -252,26 +245,10 @@ async def test_a_handler_past_the_graceful_timeout_is_cancelled_and_read_again()
     assert broker.committed("workers", "jobs") == [1]
 
 
-class FailingDeadLetters(MemoryBroker):
-    """A transport whose dead-letter topic refuses every message."""
-
-    async def send(
-        self,
-        topic: str,
-        value: bytes,
-        *,
-        key: bytes | None = None,
-        headers: Mapping[str, bytes] | None = None,
-    ) -> None:
-        if topic.endswith(".dlq"):
-            raise ConnectionError("dead-letter topic unreachable")
-        await super().send(topic, value, key=key, headers=headers)
-
-
 async def test_a_subscriber_whose_transport_fails_stops_the_app_without_committing() -> None:
     """When a dead letter cannot be sent, the subscriber stops, the app stops with the error."""
     journal = Journal()
-    broker = FailingDeadLetters()
+    broker = Refusing(MemoryBroker(), {"jobs.dlq"})
     app = App(Pool(journal), broker=broker)
 
     @app.subscriber("jobs", group="workers", retry=None)
@@ -285,7 +262,7 @@ async def test_a_subscriber_whose_transport_fails_stops_the_app_without_committi
     (failure,) = caught.value.exceptions
     assert str(failure) == (
         "subscriber test_a_subscriber_whose_transport_fails_stops_the_app_without_committing"
-        ".<locals>.work failed: ConnectionError: dead-letter topic unreachable"
+        ".<locals>.work failed: ConnectionError: broker refused a message to jobs.dlq"
     )
-    assert broker.committed("workers", "jobs") == [0]
+    assert broker.committed_count("jobs") == 0
     assert journal.events == ["-Connection"]  # the rest of the shutdown ran

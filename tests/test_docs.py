@@ -12,23 +12,17 @@ from typing import Any
 import anyio
 import pytest
 
+from tests.resources import run_pytest
+
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
+FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
 def python_blocks(page: Path) -> list[str]:
     """Every ```python block of a page, in order, but the test modules run under pytest."""
     blocks = BLOCK.findall(page.read_text(encoding="utf-8"))
     return [block for block in blocks if "from myservice import" not in block]
-
-
-def pytest_blocks(page: Path) -> list[str]:
-    """The blocks of a page that are test modules for pytest, importing ``myservice``."""
-    return [
-        block
-        for block in BLOCK.findall(page.read_text(encoding="utf-8"))
-        if "from myservice import" in block
-    ]
 
 
 PAGES = sorted(page for page in DOCS.glob("*.md") if python_blocks(page))
@@ -49,21 +43,6 @@ def run_block(code: str, name: str) -> str:
 def test_the_docs_have_examples() -> None:
     """The overview and the guides carry runnable examples."""
     assert {page.name for page in PAGES} >= {"index.md", "lifespan.md", "handlers.md", "testing.md"}
-
-
-def test_the_testing_guide_runs_its_tests() -> None:
-    """Every test function in the testing guide runs and passes (five of them)."""
-    blocks = python_blocks(DOCS / "testing.md")
-    assert len(blocks) == 3
-    names = [
-        line
-        for block in blocks
-        for line in block.splitlines()
-        if line.startswith("async def test_")
-    ]
-    assert len(names) == 5
-    for number, block in enumerate(blocks, start=1):
-        run_block(block, f"docs/testing_{number}")
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
@@ -111,10 +90,52 @@ def test_the_handler_examples_print_what_their_comments_say() -> None:
     )
 
 
-def test_the_plugin_example_passes_under_pytest(pytester: pytest.Pytester) -> None:
-    """The pytest-plugin example, with the guide's app as myservice.py, passes under pytest."""
-    (plugin_example,) = pytest_blocks(DOCS / "testing.md")
-    service = python_blocks(DOCS / "testing.md")[1]
-    pytester.makepyfile(myservice=service, test_plugin_example=plugin_example)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "test_plugin_example.py")
-    result.assert_outcomes(passed=1)
+def guide_project(page: Path) -> tuple[dict[str, str], list[str]]:
+    """The files a guide's examples make (each named in its first line), and its configs."""
+    files: dict[str, str] = {}
+    configs: list[str] = []
+    for language, code in FENCE.findall(page.read_text(encoding="utf-8")):
+        first = code.splitlines()[0]
+        if language == "toml":
+            configs.append(code)
+        elif language == "python":
+            name = first.removeprefix("# ")
+            assert re.fullmatch(r"\w+\.py", name), first
+            files[name] = code
+    return files, configs
+
+
+def test_the_testing_guide_names_a_file_for_each_example() -> None:
+    """The guide is a whole project: a service, four test modules, and two setups to pick."""
+    files, configs = guide_project(DOCS / "testing.md")
+    assert list(files) == [
+        "test_predict.py",
+        "myservice.py",
+        "test_myservice.py",
+        "test_payments.py",
+        "test_plugin.py",
+    ]
+    assert [("anyio_mode" in c, "asyncio_mode" in c) for c in configs] == [
+        (True, False),
+        (False, True),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("setup", "plugins"),
+    [(0, ["-p", "no:asyncio"]), (1, [])],
+    ids=["anyio", "pytest-asyncio"],
+)
+def test_the_testing_guide_passes_as_a_new_project(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, setup: int, plugins: list[str]
+) -> None:
+    """The guide's files, with one of its two pyproject.toml setups, pass under pytest.
+
+    Warnings are errors. The anyio setup runs without pytest-asyncio, as a project that
+    follows it has none.
+    """
+    files, configs = guide_project(DOCS / "testing.md")
+    pytester.makefile(".toml", pyproject=configs[setup])
+    pytester.makepyfile(**{name.removesuffix(".py"): code for name, code in files.items()})
+    result = run_pytest(pytester, monkeypatch, "-W", "error", *plugins)
+    result.assert_outcomes(passed=6)

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 import pytest
 from pydantic import BaseModel
 
@@ -31,7 +30,7 @@ from di_lifespan import (
     provide,
 )
 from tests.drain import drained
-from tests.resources import Journal
+from tests.resources import Journal, app_on_memory
 
 
 class Order(BaseModel):
@@ -80,8 +79,7 @@ class Shop(Provider):
 
 
 def shop_app(journal: Journal) -> tuple[App, MemoryBroker]:
-    broker = MemoryBroker()
-    return App(Shop(journal), broker=broker), broker
+    return app_on_memory(Shop(journal))
 
 
 async def test_app_dependencies_are_resolved_once_and_the_result_is_published() -> None:
@@ -135,8 +133,7 @@ async def test_a_request_scope_is_opened_per_message_and_closed_after_it() -> No
 
 async def test_message_metadata_is_injected_by_annotation() -> None:
     """A parameter annotated Message gets topic, partition, offset, key, headers and attempt."""
-    broker = MemoryBroker()
-    app = App(broker=broker)
+    app, broker = app_on_memory()
     received: list[Message] = []
 
     @app.subscriber("events")
@@ -163,8 +160,7 @@ class Point:
 
 async def test_bodies_decode_per_annotation() -> None:
     """Bytes and str come raw; a dataclass or list is validated from JSON by pydantic."""
-    broker = MemoryBroker()
-    app = App(broker=broker)
+    app, broker = app_on_memory()
     got: list[object] = []
 
     @app.subscriber("raw")
@@ -193,8 +189,7 @@ async def test_sync_handlers_run_in_a_worker_thread() -> None:
     """A sync handler runs outside the event loop thread, and its result is published."""
     import threading
 
-    broker = MemoryBroker()
-    app = App(broker=broker)
+    app, broker = app_on_memory()
     threads: list[str] = []
 
     @app.subscriber("in")
@@ -212,8 +207,7 @@ async def test_sync_handlers_run_in_a_worker_thread() -> None:
 
 async def test_a_publisher_injected_into_a_handler_sends_several_messages() -> None:
     """FromDishka[Publisher] publishes to topics chosen at run time, with keys and headers."""
-    broker = MemoryBroker()
-    app = App(broker=broker)
+    app, broker = app_on_memory()
 
     @app.subscriber("batches")
     async def split(items: list[str], publisher: FromDishka[Publisher]) -> None:
@@ -232,8 +226,7 @@ async def test_a_publisher_injected_into_a_handler_sends_several_messages() -> N
 
 async def test_outgoing_sets_the_key_and_headers_of_a_returned_value() -> None:
     """A handler returning Outgoing(value, key=..., headers=...) publishes with them."""
-    broker = MemoryBroker()
-    app = App(broker=broker)
+    app, broker = app_on_memory()
 
     @app.subscriber("in")
     @app.publisher("out")
@@ -253,8 +246,7 @@ async def test_outgoing_sets_the_key_and_headers_of_a_returned_value() -> None:
 
 async def test_a_publisher_function_publishes_its_return_value_when_called() -> None:
     """@app.publisher on a plain async function publishes what each call returns."""
-    broker = MemoryBroker()
-    app = App(broker=broker)
+    app, broker = app_on_memory()
 
     @app.publisher("alerts")
     async def alert(level: str) -> dict[str, str]:
@@ -393,8 +385,7 @@ async def test_the_users_own_message_context_is_accepted() -> None:
         def trace(self, message: Message) -> Trace:
             return Trace(message)
 
-    broker = MemoryBroker()
-    app = App(WithMessage(), broker=broker)
+    app, broker = app_on_memory(WithMessage())
     seen: list[str] = []
 
     @app.subscriber("t")
@@ -405,11 +396,6 @@ async def test_the_users_own_message_context_is_accepted() -> None:
         await app.publish("t", b"x")
         await drained(broker)
     assert seen == ["t[0]@0"]
-
-
-async def test_anyio_is_used_in_tests() -> None:
-    """The anyio plugin runs these tests (a sanity check on the test setup itself)."""
-    await anyio.lowlevel.checkpoint()
 
 
 async def test_a_handler_stays_a_plain_function_for_direct_calls() -> None:

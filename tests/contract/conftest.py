@@ -9,6 +9,8 @@ import pytest
 
 from di_lifespan import Broker, MemoryBroker
 
+PARTITIONS = 3
+
 
 @pytest.fixture(params=["memory"])
 def transport_kind(request: pytest.FixtureRequest) -> str:
@@ -17,12 +19,17 @@ def transport_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def broker(transport_kind: str) -> AsyncIterator[Broker]:
-    """A started broker of that kind, with two partitions per new topic."""
-    transport: Broker = MemoryBroker(partitions=2)
-    await transport.start()
-    yield transport
-    await transport.stop()
+def unstarted_broker(transport_kind: str) -> Broker:
+    """A broker of that kind, not started (an App starts and stops it), three partitions a topic."""
+    return MemoryBroker(partitions=PARTITIONS)
+
+
+@pytest.fixture
+async def broker(unstarted_broker: Broker) -> AsyncIterator[Broker]:
+    """A started broker of that kind."""
+    await unstarted_broker.start()
+    yield unstarted_broker
+    await unstarted_broker.stop()
 
 
 @pytest.fixture

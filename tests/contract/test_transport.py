@@ -80,7 +80,10 @@ async def test_a_consumer_without_a_group_reads_only_what_comes_after_it(
 
 
 async def test_stop_wakes_a_waiting_fetch(broker: Broker, topic: str) -> None:
-    """stop() makes a fetch that waits for messages return an empty batch."""
+    """A fetch waits while there is nothing to read; stop() makes it return an empty batch.
+
+    Every later fetch returns at once, empty, even with messages in the log.
+    """
     consumer = await broker.subscribe(Subscription((topic,), "group-d", "reader"))
     fetched: list[Sequence[Message]] = []
 
@@ -90,9 +93,12 @@ async def test_stop_wakes_a_waiting_fetch(broker: Broker, topic: str) -> None:
     with anyio.fail_after(30):
         async with anyio.create_task_group() as group:
             group.start_soon(wait_for_messages)
-            await anyio.sleep(0.01)
+            await anyio.wait_all_tasks_blocked()
+            assert fetched == []  # still waiting: nothing was sent
             consumer.stop()
-    assert fetched == [[]]
+        assert fetched == [[]]
+        await send_all(broker, topic, [b"after stop"], key=b"k")
+        assert await consumer.fetch(10) == []
     await consumer.close()
 
 

@@ -1,0 +1,186 @@
+"""The delivery contract on any transport: commits wait for acknowledgements; refusals stop.
+
+Each test wraps the transport in a test broker (tests/resources.py) that acknowledges sends
+late or refuses them, and runs in both concurrency modes: ``max_concurrency=1`` (a batch in
+order, then one commit) and above 1 (a worker per partition, each committing what it did).
+"""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from di_lifespan import (
+    App,
+    Broker,
+    FromDishka,
+    Message,
+    Outgoing,
+    Publisher,
+    Retry,
+    ShutdownError,
+)
+from tests.resources import CAUSE, LateAcks, RecordingBroker, Refusing
+
+INPUTS = 12
+KEYS = 4
+CONCURRENCY = pytest.mark.parametrize("max_concurrency", [1, 3], ids=["in-order", "concurrent"])
+# The concurrent mode's partition workers run in a task group, which wraps a worker's error.
+WRAPPED_REASON = pytest.mark.xfail(
+    reason="with max_concurrency > 1, _PartitionWorkers' task group wraps the transport error"
+    " in an ExceptionGroup, and SubscriberLoop.run describes that group: the reason reads"
+    " 'ExceptionGroup: unhandled errors in a TaskGroup (1 sub-exception)', not the refusal",
+    strict=True,
+)
+CONCURRENCY_REASON = pytest.mark.parametrize(
+    "max_concurrency",
+    [1, pytest.param(3, marks=WRAPPED_REASON)],
+    ids=["in-order", "concurrent"],
+)
+FAST = Retry(attempts=2, backoff=0.001)
+
+
+def causing_app(broker: RecordingBroker, topic: str, max_concurrency: int) -> App:
+    """An app whose handler causes two messages per input: one published, one returned."""
+    app = App(broker=broker)
+
+    @app.subscriber(topic, group="pipeline", max_concurrency=max_concurrency, retry=FAST)
+    @app.publisher(f"{topic}.out")
+    async def handle(number: int, message: Message, publisher: FromDishka[Publisher]) -> Outgoing:
+        cause = {CAUSE: message.coordinates}
+        await publisher.publish(f"{topic}.side", number, key=message.key, headers=cause)
+        return Outgoing(number, key=message.key, headers=cause)
+
+    return app
+
+
+async def publish_inputs(app: App, topic: str) -> None:
+    """Publish INPUTS numbers spread over KEYS keys (so over the partitions)."""
+    for number in range(INPUTS):
+        await app.publish(topic, number, key=f"key-{number % KEYS}")
+
+
+@CONCURRENCY
+async def test_an_input_is_committed_only_after_every_message_it_caused_is_acknowledged(
+    unstarted_broker: Broker, topic: str, max_concurrency: int
+) -> None:
+    """With acks held back and released newest first, no commit comes before its acks.
+
+    Step by step the newest unacknowledged message is acknowledged; every commit is checked,
+    when it happens, against the acknowledgements so far.
+    """
+    broker = LateAcks(unstarted_broker)
+    app = causing_app(broker, topic, max_concurrency)
+    with anyio.fail_after(30):
+        async with app:
+            await publish_inputs(app, topic)
+            while True:
+                for _ in range(10):  # let the app run until it waits (on asyncio, at least)
+                    await anyio.lowlevel.checkpoint()
+                if broker.committed_count(topic) == INPUTS:
+                    break
+                if waiting := broker.unacknowledged():
+                    assert broker.committed_count(topic) < INPUTS
+                    broker.release(waiting[-1])
+                else:  # the app works on: the next send it makes or commit wakes us
+                    await broker.wait_for_change()
+    assert broker.violations == []
+    assert len(broker.caused) == 2 * INPUTS
+    assert all(caused.acknowledged for caused in broker.caused)
+
+
+@CONCURRENCY
+async def test_nothing_is_committed_while_an_acknowledgement_is_outstanding(
+    unstarted_broker: Broker, topic: str, max_concurrency: int
+) -> None:
+    """While one caused message stays unacknowledged, its input's partition stays uncommitted."""
+    broker = LateAcks(unstarted_broker)
+    app = causing_app(broker, topic, max_concurrency)
+    with anyio.fail_after(30):
+        async with app:
+            await app.publish(topic, 0, key="only")
+            while len(broker.caused) < 2:
+                await broker.wait_for_change()
+            first, second = broker.caused
+            broker.release(second)
+            await anyio.wait_all_tasks_blocked()
+            assert broker.committed_count(topic) == 0
+            broker.release(first)
+            while broker.committed_count(topic) < 1:
+                await broker.wait_for_change()
+    assert broker.violations == []
+
+
+@CONCURRENCY
+async def test_a_refused_result_is_retried_then_dead_lettered_and_then_committed(
+    unstarted_broker: Broker, topic: str, max_concurrency: int
+) -> None:
+    """A send that raises fails the attempt: retried, dead-lettered, then the input committed.
+
+    The refused message is never stored; the dead letter names the refusal.
+    """
+    broker = Refusing(unstarted_broker, {f"{topic}.out"})
+    app = causing_app(broker, topic, max_concurrency)
+    with anyio.fail_after(30):
+        async with app:
+            await app.publish(topic, 7, key="k")
+            while broker.committed_count(topic) < 1:
+                await broker.wait_for_change()
+    assert broker.refused == [f"{topic}.out"] * FAST.attempts
+    dead = await read_all(unstarted_broker, f"{topic}.dlq", 1)
+    assert dead[0].header("x-error-type") == "ConnectionError"
+    assert dead[0].header("x-error") == f"broker refused a message to {topic}.out"
+    assert await read_all(unstarted_broker, f"{topic}.out", 0) == []
+
+
+@CONCURRENCY_REASON
+async def test_a_refused_acknowledgement_stops_the_subscriber_uncommitted(
+    unstarted_broker: Broker, topic: str, max_concurrency: int
+) -> None:
+    """A Delivery that fails stops the subscriber; the input stays uncommitted.
+
+    The app's exit raises ShutdownError naming the subscriber and the refusal (today the
+    crash also cancels the body of ``async with app``).
+    """
+    broker = Refusing(unstarted_broker, {f"{topic}.out"}, when="ack")
+    app = causing_app(broker, topic, max_concurrency)
+    with anyio.fail_after(30), pytest.raises(ShutdownError) as caught:  # noqa: PT012  # the whole run is under test
+        async with app:
+            await app.publish(topic, 7, key="k")
+            await anyio.sleep_forever()
+    (failure,) = caught.value.exceptions
+    assert failure.step.startswith("subscriber ")
+    assert failure.step.endswith("causing_app.<locals>.handle")
+    assert broker.committed_count(topic) == 0
+    assert broker.refused == [f"{topic}.out"]
+    assert failure.reason == f"ConnectionError: broker refused a message to {topic}.out"
+
+
+@CONCURRENCY_REASON
+async def test_a_refused_dead_letter_stops_the_subscriber_uncommitted(
+    unstarted_broker: Broker, topic: str, max_concurrency: int
+) -> None:
+    """When the result and then its dead letter are refused, the subscriber stops, uncommitted."""
+    broker = Refusing(unstarted_broker, {f"{topic}.out", f"{topic}.dlq"})
+    app = causing_app(broker, topic, max_concurrency)
+    with anyio.fail_after(30), pytest.raises(ShutdownError) as caught:  # noqa: PT012  # the whole run is under test
+        async with app:
+            await app.publish(topic, 7, key="k")
+            await anyio.sleep_forever()
+    (failure,) = caught.value.exceptions
+    assert failure.step.endswith("causing_app.<locals>.handle")
+    assert broker.committed_count(topic) == 0
+    assert failure.reason == f"ConnectionError: broker refused a message to {topic}.dlq"
+
+
+async def read_all(broker: Broker, topic: str, count: int) -> list[Message]:
+    """Read ``count`` messages of ``topic`` from its start with a fresh group, then leave."""
+    from di_lifespan import Subscription
+
+    consumer = await broker.subscribe(Subscription((topic,), "reader", "reader"))
+    messages: list[Message] = []
+    with anyio.fail_after(10):
+        while len(messages) < count:
+            messages.extend(await consumer.fetch(count - len(messages)))
+    await consumer.close()
+    return messages
