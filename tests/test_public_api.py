@@ -16,6 +16,7 @@ EXPECTED = {
     "DeliveryError",
     "DependencyError",
     "DiLifespanError",
+    "EncodingError",
     "FromDishka",
     "GraphError",
     "LifespanStateError",

@@ -49,7 +49,7 @@ def lifespan_overrides() -> list[object]:
 async def test_lifespan_client_runs_the_app_with_the_overrides(lifespan_client: TestClient) -> None:
     """The plugin's lifespan_client is a running TestClient with this module's overrides."""
     await lifespan_client.publish("names", "Ada")
-    assert lifespan_client.published("greetings") == [b"hi Ada"]
+    assert lifespan_client.published("greetings") == ["hi Ada"]
 
 
 def test_kafka_bootstrap_answers_the_kafka_protocol(kafka_bootstrap: str) -> None:
