@@ -92,7 +92,7 @@ def handler(annotation: Any, sink: list[Any]) -> Callable[..., Any]:
 
     async def echo(body: Any) -> Any:
         sink.append(body)
-        return Outgoing(body)  # Outgoing, so that a None is published too
+        return Outgoing(body) if body is None else body  # a plain None would publish nothing
 
     echo.__annotations__ = {"body": annotation, "return": Any}
     return echo
