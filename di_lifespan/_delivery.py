@@ -28,9 +28,10 @@ from tenacity import (
 )
 
 from ._broker import Broker, Consumer, Delivery, Subscription, TopicPartition
-from ._codec import encode_headers, encode_key, encode_value
+from ._codec import encode
 from ._errors import (
     DeliveryError,
+    EncodingError,
     ShutdownStepError,
     ShutdownTimeoutError,
     StartupError,
@@ -67,6 +68,7 @@ DEAD_LETTER_HEADERS = MappingProxyType(
     }
 )
 MAX_RECORDS = 500
+MAX_ERROR_HEADER = 4096  # bytes of x-error: a dead letter must stay as sendable as its input
 ErrorReport = Callable[[BaseException], None]
 
 
@@ -98,13 +100,12 @@ class Publisher:
         key: str | bytes | None = None,
         headers: Headers | None = None,
     ) -> None:
-        """Send ``value`` (bytes as they are, str as UTF-8, anything else as JSON)."""
-        delivery = await self._broker.send(
-            topic,
-            encode_value(value),
-            key=key if key is None else encode_key(key),
-            headers=headers if headers is None else encode_headers(headers),
-        )
+        """Send ``value`` (bytes as they are, str as UTF-8, anything else as JSON).
+
+        Raises EncodingError for a value, key or header that cannot be encoded.
+        """
+        body, key_bytes, header_bytes = encode(value, key, headers)
+        delivery = await self._broker.send(topic, body, key=key_bytes, headers=header_bytes)
         if delivery is None:
             return
         pending = _pending.get()
@@ -116,6 +117,10 @@ class Publisher:
 
 class _Interrupted(Exception):  # noqa: N818  # not an error: the app stopped during a retry pause
     """A retry's pause was cut short by a stop; the message stays uncommitted."""
+
+
+# Failures that would recur on every attempt: the message is dead-lettered at once.
+_NOT_RETRIED = (InvalidBodyError, EncodingError, _Interrupted)
 
 
 class SubscriberLoop:
@@ -230,6 +235,12 @@ class SubscriberLoop:
                 self._report_error(error.__cause__ or error)
             else:
                 await self._give_up(message, error, reason=f"has an invalid body: {error.reason}")
+        except EncodingError as error:
+            # not retried: another attempt would re-run the handler's side effects and fail alike
+            if self._report_error is not None:
+                self._report_error(error)
+            else:
+                await self._give_up(message, error, reason=f"failed: {describe(error)}")
         except Exception as error:  # noqa: BLE001  # a handler's failure is retried, then dead-lettered
             await self._failed(message, error)
         except anyio.get_cancelled_exc_class() as error:
@@ -269,11 +280,9 @@ class SubscriberLoop:
         if result is None or not self._publish_to:
             return
         if isinstance(result, Outgoing):
-            value = encode_value(result.value)
-            key = encode_key(result.key)
-            headers = encode_headers(result.headers)
+            value, key, headers = encode(result.value, result.key, result.headers)
         else:
-            value, key, headers = encode_value(result), message.key, None
+            value, key, headers = encode(result, message.key)
         for topic in self._publish_to:
             delivery = await self._broker.send(topic, value, key=key, headers=headers)
             if delivery is not None:
@@ -287,7 +296,7 @@ class SubscriberLoop:
             wait=wait_exponential(multiplier=retry.backoff, max=retry.max_backoff),
             sleep=self._pause,
             reraise=True,
-            retry=retry_if_not_exception_type(_Interrupted),
+            retry=retry_if_not_exception_type(_NOT_RETRIED),
             before_sleep=lambda state: self._log_retry(message, state),
         )
         try:
@@ -394,12 +403,23 @@ def _dead_letter_headers(message: Message, error: Exception, attempts: int) -> d
     text = error.reason if isinstance(error, InvalidBodyError) else str(error)
     return {
         DEAD_LETTER_HEADERS["error_type"]: type(cause).__name__.encode(),
-        DEAD_LETTER_HEADERS["error"]: text.encode(),
+        DEAD_LETTER_HEADERS["error"]: _truncated(text, MAX_ERROR_HEADER),
         DEAD_LETTER_HEADERS["topic"]: message.topic.encode(),
         DEAD_LETTER_HEADERS["partition"]: str(message.partition).encode(),
         DEAD_LETTER_HEADERS["offset"]: str(message.offset).encode(),
         DEAD_LETTER_HEADERS["attempts"]: str(attempts).encode(),
     }
+
+
+def _truncated(text: str, limit: int) -> bytes:
+    """``text`` as UTF-8 of at most ``limit`` bytes, cut on a character boundary, with a marker."""
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return encoded
+    marker = f"... (cut; {len(encoded)} bytes in all)".encode()
+    # "ignore" drops the partial character the byte cut may leave at the end
+    head = encoded[: limit - len(marker)].decode("utf-8", errors="ignore").encode()
+    return head + marker
 
 
 class _PartitionWorkers:

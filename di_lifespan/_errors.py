@@ -11,6 +11,7 @@ Every error derives from ``DiLifespanError``::
     │   └── DependencyError         a hook asks for something nobody provides at APP scope
     ├── DeliveryError               a subscriber stopped: its transport failed under it
     ├── EmbeddedKafkaError          the embedded broker could not be found or did not come up
+    ├── EncodingError               (also a TypeError) a value, key or header cannot be published
     ├── ShutdownError               (also an ExceptionGroup) every failure of one shutdown
     └── ShutdownStepError           one failed step inside a ShutdownError
         └── ShutdownTimeoutError    a finalizer or hook that outlived its time limit
@@ -18,8 +19,9 @@ Every error derives from ``DiLifespanError``::
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Sequence
-from typing import Self
+from typing import Any, Self
 
 from pydantic import ValidationError
 
@@ -29,6 +31,7 @@ __all__ = [
     "DependencyError",
     "DiLifespanError",
     "EmbeddedKafkaError",
+    "EncodingError",
     "GraphError",
     "LifespanStateError",
     "ShutdownError",
@@ -169,6 +172,23 @@ class EmbeddedKafkaError(DiLifespanError):
         return f"embedded Kafka broker{where}: {self.reason}"
 
 
+class EncodingError(DiLifespanError, TypeError):
+    """A value, key or header to publish cannot be turned into bytes; nothing was sent.
+
+    ``what`` names it ("a value of type Price", "header 'trace'"). A handler whose result
+    cannot be encoded is dead-lettered at once: another attempt would run its side effects
+    again and fail the same way.
+    """
+
+    def __init__(self, what: str, reason: str) -> None:
+        self.what = what
+        self.reason = reason
+        super().__init__(what, reason)
+
+    def __str__(self) -> str:
+        return f"cannot publish {self.what}: {self.reason}"
+
+
 class ShutdownStepError(DiLifespanError):
     """One step of a shutdown failed: a finalizer, a hook or the user's lifespan."""
 
@@ -213,17 +233,59 @@ class ShutdownError(DiLifespanError, ExceptionGroup[ShutdownStepError]):
         return f"{self.message}: {steps}"
 
 
+# Log lines and dead-letter headers stay small whatever a message holds: input values are
+# user data (a 2 MB body, a huge field), so only an excerpt of each is shown.
+EXCERPT_LIMIT = 200  # characters of one input value, field path or pydantic message
+DESCRIBE_LIMIT = 2000  # characters of a whole description
+LISTED_ERRORS = 10  # fields of a ValidationError named one by one
+
+
 def describe(error: BaseException) -> str:
     """Return ``Type: message`` for an error, the way log lines and reports show a cause.
 
-    A pydantic ValidationError becomes one line naming each wrong field.
+    A pydantic ValidationError becomes one line naming each wrong field (the first
+    ``LISTED_ERRORS``), with an excerpt of at most ``EXCERPT_LIMIT`` characters of each
+    input; the whole text is cut at ``DESCRIBE_LIMIT`` characters.
     """
     if isinstance(error, ValidationError):
-        fields = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc']) or '(value)'}: {item['msg']}"
-            + ("" if item["type"] == "missing" else f" (got {item['input']!r})")
-            for item in error.errors()
-        )
-        return f"{error.title} is invalid: {fields}"
+        return shorten(f"{error.title} is invalid: {_fields(error)}", DESCRIBE_LIMIT)
     text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    described = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return shorten(described, DESCRIBE_LIMIT)
+
+
+def _fields(error: ValidationError) -> str:
+    items = error.errors(include_url=False, include_context=False)
+    fields = "; ".join(
+        f"{shorten('.'.join(str(part) for part in item['loc']) or '(value)', EXCERPT_LIMIT)}:"
+        f" {shorten(item['msg'], EXCERPT_LIMIT)}"
+        + ("" if item["type"] == "missing" else f" (got {excerpt(item['input'])})")
+        for item in items[:LISTED_ERRORS]
+    )
+    if len(items) > LISTED_ERRORS:
+        fields += f"; and {len(items) - LISTED_ERRORS} more"
+    return fields
+
+
+def excerpt(value: Any, limit: int = EXCERPT_LIMIT) -> str:
+    """``repr(value)``, cut to about ``limit`` characters without building the whole of it."""
+    if isinstance(value, str | bytes | bytearray) and len(value) > limit:
+        # the repr of a slice: a 2 MB body is never copied into a 2 MB string first
+        unit = "characters" if isinstance(value, str) else "bytes"
+        return f"{repr(value[:limit])[:limit]}... ({len(value)} {unit})"
+    return shorten(_short_repr().repr(value), limit)
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, with a marker saying how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _short_repr() -> reprlib.Repr:
+    """A repr that stops early inside big containers (it never walks a million items)."""
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = short.maxlong = EXCERPT_LIMIT
+    short.maxlist = short.maxtuple = short.maxdict = short.maxset = short.maxfrozenset = 20
+    return short

@@ -1,10 +1,11 @@
 """Message handlers: what a handler's signature asks for, and the handler bound at startup.
 
 A handler's parameters are read once, when it is registered: one body parameter (decoded per
-its annotation), ``Message`` by annotation, and ``FromDishka[...]`` dependencies. At startup
-the cached APP-scoped dependencies are resolved once and kept; per message only the body is
-decoded, ``cache=False`` APP dependencies resolved again (as dishka would), a REQUEST scope
-opened when some dependency needs one, and the function called.
+its annotation and the message's content-type, see ``_codec``), ``Message`` by annotation,
+and ``FromDishka[...]`` dependencies. At startup the cached APP-scoped dependencies are
+resolved once and kept; per message only the body is decoded, ``cache=False`` APP
+dependencies resolved again (as dishka would), a REQUEST scope opened when some dependency
+needs one, and the function called.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dishka.dependency_source import Factory
 from dishka.entities.factory_type import FactoryType
 from dishka.integrations.base import default_parse_dependency
 
-from ._codec import decoder_for
+from ._codec import Decoder, decoder_for
 from ._errors import ConfigurationError, DependencyError, describe
 from ._graph import ResourceGraph, key_name, scope_of
 from ._hooks import function_name, is_async_callable, open_parameters
@@ -81,7 +82,7 @@ class Signature:
     """What a handler's parameters ask for."""
 
     body: str | None
-    decode: Callable[[bytes], Any] | None
+    decode: Decoder | None
     message: str | None
     dependencies: Mapping[str, DependencyKey]
 
@@ -140,7 +141,8 @@ class BoundHandler:
         "_body",
         "_call",
         "_container",
-        "_decode",
+        "_decode_json",
+        "_decode_message",
         "_message",
         "_per_call",
         "_request",
@@ -163,7 +165,9 @@ class BoundHandler:
         # In a REQUEST scope, every per-message lookup goes through it (it asks its parent).
         self._request = (*self._per_call, *request.items()) if request else ()
         self._body = spec.signature.body
-        self._decode = spec.signature.decode
+        decode = spec.signature.decode
+        self._decode_json = None if decode is None else decode.from_json
+        self._decode_message = None if decode is None else decode.from_message
         self._message = spec.signature.message
         func = spec.func
         self._call: Callable[..., Awaitable[Any]] = (
@@ -220,7 +224,12 @@ class BoundHandler:
         arguments = self._app_values.copy()
         if self._body is not None:
             try:
-                arguments[self._body] = self._decode(message.value)  # type: ignore[misc]  # set with _body
+                # a body with no headers is JSON (or raw, per annotation): no content-type lookup
+                arguments[self._body] = (
+                    self._decode_message(message)  # type: ignore[misc]  # set with _body
+                    if message.headers
+                    else self._decode_json(message.value)  # type: ignore[misc]  # same
+                )
             except (pydantic.ValidationError, UnicodeDecodeError) as error:
                 raise InvalidBodyError(message, describe(error)) from error
         if self._message is not None:

@@ -10,7 +10,6 @@ with overrides.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
@@ -22,6 +21,7 @@ from dishka import AsyncContainer
 from dishka.provider import BaseProvider
 
 from ._app import App
+from ._codec import decoder_for
 from ._errors import ConfigurationError, LifespanStateError
 from ._memory import MemoryBroker
 from ._message import Headers, Message
@@ -165,20 +165,25 @@ class TestClient:
     def published(self, topic: str, as_type: type[T]) -> list[T]: ...
 
     def published(self, topic: str, as_type: Any = None) -> list[Any]:
-        """The values published to ``topic``, in order.
+        """The values published to ``topic``, in order, read back as they were published.
 
-        JSON bodies come back decoded (dicts, lists, numbers...); other bodies as bytes.
-        With ``as_type``, each body is validated as that type instead (a pydantic model, say).
+        A published str comes back as that str, bytes as those bytes, anything else from its
+        JSON (dicts, lists, numbers...). With ``as_type``, each body is read the way a handler
+        annotated ``as_type`` reads it (a pydantic model, an Enum, a dataclass...).
         """
-        values = [message.value for message in self.messages(topic)]
+        messages = self.messages(topic)
         if as_type is not None:
-            adapter = pydantic.TypeAdapter(as_type)
-            return [adapter.validate_json(value) for value in values]
-        return [_decoded(value) for value in values]
+            decode = decoder_for(as_type)
+            return [decode(message) for message in messages]
+        return [_decoded(message) for message in messages]
 
 
-def _decoded(value: bytes) -> Any:
+_ANY = decoder_for(Any)
+
+
+def _decoded(message: Message) -> Any:
+    """The body as published: str for text, bytes for bytes; a body not JSON stays bytes."""
     try:
-        return json.loads(value)
-    except ValueError:
-        return value
+        return _ANY(message)
+    except (pydantic.ValidationError, UnicodeDecodeError):
+        return message.value

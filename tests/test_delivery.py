@@ -266,3 +266,125 @@ async def test_a_subscriber_whose_transport_fails_stops_the_app_without_committi
     )
     assert broker.committed_count("jobs") == 0
     assert journal.events == ["-Connection"]  # the rest of the shutdown ran
+
+
+class Price:
+    """A result pydantic cannot dump (numpy.int64 fails the same way)."""
+
+
+async def test_a_result_that_cannot_be_encoded_is_dead_lettered_once_without_retries(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The handler runs once (its side effects are not repeated); the dead letter says why."""
+    broker = MemoryBroker()
+    app = App(broker=broker)
+    calls: list[int] = []
+
+    @app.subscriber("orders", retry=FAST)
+    @app.publisher("prices")
+    async def price(body: bytes) -> Price:
+        calls.append(1)
+        return Price()
+
+    async with app:
+        await app.publish("orders", b"apple")
+        await drained(broker)
+    assert calls == [1]
+    assert broker.messages("prices") == []
+    (dead,) = broker.messages("orders.dlq")
+    assert dead.value == b"apple"
+    assert dead.header(DEAD_LETTER_HEADERS["error_type"]) == "EncodingError"
+    assert dead.header(DEAD_LETTER_HEADERS["attempts"]) == "1"
+    assert (dead.header(DEAD_LETTER_HEADERS["error"]) or "").startswith(
+        "cannot publish a value of type Price: PydanticSerializationError: Unable to serialize"
+    )
+    assert "retrying" not in caplog.text
+    assert broker.committed("", "orders") == [0]
+
+
+async def test_retries_stop_at_the_first_result_that_cannot_be_encoded() -> None:
+    """A handler that failed once and then returns an unencodable result is not called again."""
+    broker = MemoryBroker()
+    app = App(broker=broker)
+    attempts: list[int] = []
+
+    @app.subscriber("orders", retry=FAST)
+    @app.publisher("prices")
+    async def price(body: bytes, message: Message) -> Price:
+        attempts.append(message.attempt)
+        if message.attempt == 1:
+            raise ConnectionError("price service busy")
+        return Price()
+
+    async with app:
+        await app.publish("orders", b"apple")
+        await drained(broker)
+    assert attempts == [1, 2]
+    (dead,) = broker.messages("orders.dlq")
+    assert dead.header(DEAD_LETTER_HEADERS["error_type"]) == "EncodingError"
+    assert dead.header(DEAD_LETTER_HEADERS["attempts"]) == "2"
+
+
+class Order(BaseModel):
+    quantity: PositiveFloat
+    items: list[PositiveFloat] = []
+    prices: dict[str, PositiveFloat] = {}
+
+
+HUGE = 2_000_000
+HUGE_BODIES = {
+    "not JSON": b"x" * HUGE,
+    "a huge field": json.dumps({"quantity": "q" * HUGE}).encode(),
+    "a huge key": json.dumps({"quantity": 1, "prices": {"k" * HUGE: -1}}).encode(),
+    "many wrong items": json.dumps({"quantity": 1, "items": [-1] * 20_000}).encode(),
+}
+
+
+@pytest.mark.parametrize("body", HUGE_BODIES.values(), ids=HUGE_BODIES.keys())
+async def test_a_huge_invalid_body_gives_a_small_dead_letter_and_short_log_lines(
+    body: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """x-error stays within 4 KiB and log lines short, however big the body; the body is kept."""
+    broker = MemoryBroker()
+    app = App(broker=broker)
+
+    @app.subscriber("orders", retry=FAST)
+    async def take(order: Order) -> None:
+        raise AssertionError("an invalid body never reaches the handler")
+
+    async with app:
+        await app.publish("orders", body, headers={"trace": "t1"})
+        await drained(broker)
+    (dead,) = broker.messages("orders.dlq")
+    assert dead.value == body
+    assert dead.header("trace") == "t1"
+    added = {name: dead.headers[name] for name in DEAD_LETTER_HEADERS.values()}
+    assert sum(len(value) for value in added.values()) <= 4096 + 200
+    assert (dead.header(DEAD_LETTER_HEADERS["error"]) or "").startswith("Order is invalid: ")
+    assert caplog.records
+    assert all(len(record.getMessage()) <= 3000 for record in caplog.records)
+
+
+async def test_a_huge_error_message_is_cut_in_x_error_on_a_character_boundary(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A handler error quoting a 2 MB body: x-error is valid UTF-8 of at most 4 KiB, marked cut."""
+    broker = MemoryBroker()
+    app = App(broker=broker)
+
+    @app.subscriber("notes", retry=Retry(attempts=2, backoff=0.001))
+    async def note(text: str) -> None:
+        raise ValueError(f"cannot file {text}")
+
+    async with app:
+        await app.publish("notes", "é" * HUGE)
+        await drained(broker)
+    (dead,) = broker.messages("notes.dlq")
+    error = dead.headers[DEAD_LETTER_HEADERS["error"]]
+    assert len(error) <= 4096
+    text = error.decode("utf-8")  # no character cut in half
+    assert text.startswith("cannot file éé")
+    full = len(b"cannot file ") + len("é".encode()) * HUGE
+    assert text.endswith(f"... (cut; {full} bytes in all)")
+    retry_line = next(r for r in caplog.records if "retrying" in r.getMessage())
+    assert len(retry_line.getMessage()) <= 3000

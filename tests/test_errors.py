@@ -25,7 +25,7 @@ def test_every_public_error_derives_from_the_root() -> None:
     """Every exception class di_lifespan exports is a DiLifespanError."""
     exported = [getattr(di_lifespan, name) for name in di_lifespan.__all__]
     errors = [item for item in exported if isinstance(item, type) and issubclass(item, Exception)]
-    assert len(errors) == 12
+    assert len(errors) == 13
     assert all(issubclass(error, DiLifespanError) for error in errors)
 
 
@@ -116,3 +116,27 @@ def test_a_validation_error_is_described_on_one_line_naming_each_field() -> None
         "Body is invalid: width: Input should be a valid number, unable to parse string as a "
         "number (got 'wide'); name: Field required"
     )
+
+
+def test_describe_shows_only_an_excerpt_of_each_input_and_the_first_fields() -> None:
+    """Input values are user data: each is cut to ~200 characters, and only 10 fields are named."""
+
+    class Body(pydantic.BaseModel):
+        name: int
+        items: list[int]
+
+    with pytest.raises(pydantic.ValidationError) as caught:
+        Body.model_validate({"name": "n" * 1_000_000, "items": ["x"] * 50})
+    text = describe(caught.value)
+    assert len(text) < 2000
+    assert "(got 'nnnnn" in text
+    assert "... (1000000 characters)" in text
+    assert text.endswith("; and 41 more")
+
+
+def test_describe_cuts_a_huge_message_of_any_error() -> None:
+    """An exception whose message quotes a huge body is described in at most ~2000 characters."""
+    text = describe(ValueError("x" * 1_000_000))
+    assert text.startswith("ValueError: xxx")
+    assert len(text) <= 2100
+    assert text.endswith("... (1000012 characters)")

@@ -17,6 +17,7 @@ EXPECTED = {
     "DependencyError",
     "DiLifespanError",
     "EmbeddedKafkaError",
+    "EncodingError",
     "FromDishka",
     "GraphError",
     "LifespanStateError",

@@ -51,7 +51,7 @@ def lifespan_overrides() -> list[object]:
 async def test_lifespan_client_runs_the_app_with_the_overrides(lifespan_client: TestClient) -> None:
     """The plugin's lifespan_client is a running TestClient with this module's overrides."""
     await lifespan_client.publish("names", "Ada")
-    assert lifespan_client.published("greetings") == [b"hi Ada"]
+    assert lifespan_client.published("greetings") == ["hi Ada"]
 
 
 async def test_this_suite_runs_coroutine_tests_through_anyio_on_asyncio(
@@ -149,7 +149,7 @@ def lifespan_app():
 {mark}
 async def test_greets(lifespan_client):
     await lifespan_client.publish("names", "Ada")
-    assert lifespan_client.published("greetings") == [b"hello Ada"]
+    assert lifespan_client.published("greetings") == ["hello Ada"]
 """
 
 

@@ -123,7 +123,7 @@ async def test_a_handler_chain_is_awaited_by_one_publish() -> None:
     """Publish returns only once the message and the messages it caused are all handled."""
     async with TestClient(APP, overrides=[override(Model, FakeModel(0))]) as client:
         await client.publish("flowers", {"petal_length": 1.0})
-        assert client.published("audit") == [b"audited fake"]
+        assert client.published("audit") == ["audited fake"]
         assert client.published("predictions", Prediction) == [
             Prediction(species="fake", request="flowers@0"),
         ]
