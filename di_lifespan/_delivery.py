@@ -433,6 +433,17 @@ class _PartitionWorkers:
         self._progress = anyio.Event()
 
     async def run(self) -> None:
+        """Feed the partitions' queues until the consumer is stopped.
+
+        A worker's failure (its transport failed) ends them all; it is raised as it is, not
+        wrapped in the task group's ExceptionGroup, so the subscriber's error names it.
+        """
+        try:
+            await self._feed()
+        except ExceptionGroup as group:
+            raise _first_leaf(group) from None
+
+    async def _feed(self) -> None:
         async with anyio.create_task_group() as workers:
             while batch := await self._loop.fetch():
                 for message in batch:
@@ -455,6 +466,11 @@ class _PartitionWorkers:
                 self._progress = anyio.Event()
             del self._queues[key]
         await self._loop.settle()
+
+
+def _first_leaf(group: BaseExceptionGroup[Exception]) -> Exception:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 class Subscribers:

@@ -25,18 +25,6 @@ from tests.resources import CAUSE, LateAcks, RecordingBroker, Refusing
 INPUTS = 12
 KEYS = 4
 CONCURRENCY = pytest.mark.parametrize("max_concurrency", [1, 3], ids=["in-order", "concurrent"])
-# The concurrent mode's partition workers run in a task group, which wraps a worker's error.
-WRAPPED_REASON = pytest.mark.xfail(
-    reason="with max_concurrency > 1, _PartitionWorkers' task group wraps the transport error"
-    " in an ExceptionGroup, and SubscriberLoop.run describes that group: the reason reads"
-    " 'ExceptionGroup: unhandled errors in a TaskGroup (1 sub-exception)', not the refusal",
-    strict=True,
-)
-CONCURRENCY_REASON = pytest.mark.parametrize(
-    "max_concurrency",
-    [1, pytest.param(3, marks=WRAPPED_REASON)],
-    ids=["in-order", "concurrent"],
-)
 FAST = Retry(attempts=2, backoff=0.001)
 
 
@@ -133,7 +121,7 @@ async def test_a_refused_result_is_retried_then_dead_lettered_and_then_committed
     assert await read_all(unstarted_broker, f"{topic}.out", 0) == []
 
 
-@CONCURRENCY_REASON
+@CONCURRENCY
 async def test_a_refused_acknowledgement_stops_the_subscriber_uncommitted(
     unstarted_broker: Broker, topic: str, max_concurrency: int
 ) -> None:
@@ -156,7 +144,7 @@ async def test_a_refused_acknowledgement_stops_the_subscriber_uncommitted(
     assert failure.reason == f"ConnectionError: broker refused a message to {topic}.out"
 
 
-@CONCURRENCY_REASON
+@CONCURRENCY
 async def test_a_refused_dead_letter_stops_the_subscriber_uncommitted(
     unstarted_broker: Broker, topic: str, max_concurrency: int
 ) -> None:
