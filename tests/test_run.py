@@ -78,7 +78,7 @@ def test_a_crashed_subscriber_stops_the_app_with_one_line_and_exit_1() -> None:
     errors = [line for line in stderr.splitlines() if " ERROR " in line]
     assert errors[-1].endswith(
         "subscriber main.<locals>.work stopped at jobs[0]@0:"
-        " ConnectionError: dead-letter topic unreachable"
+        " ConnectionError: broker refused a message to jobs.dlq"
     ), stderr
     assert "Traceback" not in stderr
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import anyio
 import pytest
 
@@ -16,6 +14,7 @@ from di_lifespan import (
     ShutdownStepError,
     StartupError,
 )
+from tests.resources import Refusing
 
 
 async def test_a_failing_smoke_test_leaves_every_message_unhandled_and_uncommitted() -> None:
@@ -63,25 +62,10 @@ async def test_messages_published_by_after_startup_hooks_are_handled_once_ready(
     assert events == ["hooks passed", "handled probe"]
 
 
-class UnreachableDeadLetters(MemoryBroker):
-    """A transport whose dead-letter topics cannot be reached."""
-
-    async def send(
-        self,
-        topic: str,
-        value: bytes,
-        *,
-        key: bytes | None = None,
-        headers: Mapping[str, bytes] | None = None,
-    ) -> None:
-        if topic.endswith(".dlq"):
-            raise ConnectionError("dead-letter topic unreachable")
-        await super().send(topic, value, key=key, headers=headers)
-
-
 async def test_one_crashing_subscriber_stops_the_app_and_the_others_commit() -> None:
     """A crash stops the app gracefully: the other subscriber's message in hand is committed."""
-    broker = UnreachableDeadLetters()
+    memory = MemoryBroker()
+    broker = Refusing(memory, {"poison.dlq"})  # a failed message cannot be put aside
     app = App(broker=broker)
     slow_started = anyio.Event()
 
@@ -111,8 +95,8 @@ async def test_one_crashing_subscriber_stops_the_app_and_the_others_commit() -> 
         0,
         0,
     )
-    assert broker.committed("workers", "slow") == [1]
-    assert broker.committed("workers", "poison") == [0]
+    assert memory.committed("workers", "slow") == [1]
+    assert memory.committed("workers", "poison") == [0]
 
 
 async def test_stopping_during_a_retry_pause_is_prompt_and_commits_nothing() -> None:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 
 import anyio
 
 from di_lifespan import App, MemoryBroker, Provider, Scope, provide
+from tests.resources import Refusing
 
 
 class Pool:
@@ -34,28 +35,13 @@ class Resources(Provider):
         print("finalizer done", flush=True)
 
 
-class UnreachableDeadLetters(MemoryBroker):
-    """A transport whose dead-letter topics cannot be reached: a failed message crashes."""
-
-    async def send(
-        self,
-        topic: str,
-        value: bytes,
-        *,
-        key: bytes | None = None,
-        headers: Mapping[str, bytes] | None = None,
-    ) -> None:
-        if topic.endswith(".dlq"):
-            raise ConnectionError("dead-letter topic unreachable")
-        await super().send(topic, value, key=key, headers=headers)
-
-
 def main() -> None:
     """Build the app for the mode given on the command line and run it until signalled."""
     mode = sys.argv[1] if len(sys.argv) > 1 else "ok"
     if "--debug" in sys.argv:
         logging.basicConfig(level=logging.DEBUG)
-    broker = UnreachableDeadLetters() if mode == "crash" else None
+    # In "crash" mode a failed message cannot be put aside: its subscriber stops the app.
+    broker = Refusing(MemoryBroker(), {"jobs.dlq"}) if mode == "crash" else None
     app = App(Resources(mode), broker=broker, shutdown_timeout=120)
 
     @app.subscriber("jobs", group="workers", retry=None)
