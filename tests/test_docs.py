@@ -106,13 +106,14 @@ def guide_project(page: Path) -> tuple[dict[str, str], list[str]]:
 
 
 def test_the_testing_guide_names_a_file_for_each_example() -> None:
-    """The guide is a whole project: a service, four test modules, and two setups to pick."""
+    """The guide is a whole project: a service, five test modules, and two setups to pick."""
     files, configs = guide_project(DOCS / "testing.md")
     assert list(files) == [
         "test_predict.py",
         "myservice.py",
         "test_myservice.py",
         "test_payments.py",
+        "test_options.py",
         "test_plugin.py",
     ]
     assert [("anyio_mode" in c, "asyncio_mode" in c) for c in configs] == [
@@ -138,4 +139,4 @@ def test_the_testing_guide_passes_as_a_new_project(
     pytester.makefile(".toml", pyproject=configs[setup])
     pytester.makepyfile(**{name.removesuffix(".py"): code for name, code in files.items()})
     result = run_pytest(pytester, monkeypatch, "-W", "error", *plugins)
-    result.assert_outcomes(passed=6)
+    result.assert_outcomes(passed=7)
