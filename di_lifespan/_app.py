@@ -24,7 +24,6 @@ from ._errors import (
     ConfigurationError,
     LifespanStateError,
     ShutdownError,
-    ShutdownStepError,
     StartupError,
 )
 from ._hooks import Hook, function_name
@@ -131,7 +130,6 @@ class App:
         self._run: LifespanRun | None = None
         self._entered: list[AbstractAsyncContextManager[App]] = []  # by `async with app`
         self._last_report: StartupReport | None = None
-        self._shutdown_failures: list[ShutdownStepError] = []
         self._forced_stop = False
 
     # --- handlers and publishing ----------------------------------------------------------
@@ -284,7 +282,6 @@ class App:
         self._raise_outcome(run, body_error)
 
     def _raise_outcome(self, run: LifespanRun, body_error: BaseException | None) -> None:
-        self._shutdown_failures = run.failures
         if run.startup_error is not None:
             raise run.startup_error
         if body_error is not None:
