@@ -213,14 +213,17 @@ class _MemoryConsumer:
         return state.members.index(self)
 
     async def fetch(self, max_records: int) -> Sequence[Message]:
+        waited = False
         while not self._stopped:
             batch = self._broker._fetch(self, max_records)  # noqa: SLF001  # the broker's own consumer
             if batch:
-                # Handlers that publish to each other would otherwise never let another task
-                # run (a test's settle_timeout, a stop): once per batch, yield to the loop.
-                await anyio.lowlevel.checkpoint()
+                if not waited:
+                    # Handlers that publish to each other would otherwise never let another
+                    # task run (a test's settle_timeout, a stop): yield to the loop once.
+                    await anyio.lowlevel.checkpoint()
                 return batch
             await self._broker.wait_for_change()
+            waited = True
         return []
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
