@@ -483,8 +483,8 @@ class Subscribers:
     def __init__(self, shields: StopShields, on_crash: Callable[[], None]) -> None:
         self._shields = shields
         self._on_crash = on_crash
-        self._tasks: TaskGroup | None = None
         self._loops: list[SubscriberLoop] = []
+        self._scopes: list[anyio.CancelScope] = []
         self.crashes: list[ShutdownStepError] = []
 
     async def start(
@@ -501,7 +501,6 @@ class Subscribers:
         With ``report_error``, a handler's failure is handed to it instead of being retried
         and dead-lettered (the test client raises it in the test).
         """
-        self._tasks = tasks
         for handler in handlers:
             spec = handler.spec
             what = f"subscriber {spec.name} ({', '.join(spec.topics)})"
@@ -519,11 +518,15 @@ class Subscribers:
             tasks.start_soon(self._run, loop, name=f"subscriber {spec.name}")
 
     async def _run(self, loop: SubscriberLoop) -> None:
-        try:
-            await loop.run()
-        except DeliveryError as error:
-            self.crashes.append(_crash(error))
-            self._on_crash()
+        # Shielded: a cancelled caller (a signal, a cancelled `async with app`) must not cut
+        # off the message in hand; only stop(), the graceful timeout or a forced stop end it.
+        with self._shields.shield() as scope:
+            self._scopes.append(scope)
+            try:
+                await loop.run()
+            except DeliveryError as error:
+                self.crashes.append(_crash(error))
+                self._on_crash()
 
     def deliver(self) -> None:
         """Let every loop hand messages to its handler."""
@@ -542,9 +545,10 @@ class Subscribers:
             for loop in self._loops:
                 await loop.finished.wait()
         unfinished = [loop for loop in self._loops if not loop.finished.is_set()]
-        if not unfinished or self._tasks is None:
+        if not unfinished:
             return []
-        self._tasks.cancel_scope.cancel()
+        for scope in self._scopes:
+            scope.cancel()
         failures: list[ShutdownStepError] = []
         for loop in unfinished:
             failure = ShutdownTimeoutError(

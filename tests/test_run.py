@@ -47,6 +47,17 @@ def test_a_signal_stops_the_app_gracefully(signal_number: int) -> None:
     assert "stopping gracefully" in stderr
 
 
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_lets_the_message_in_hand_finish(signal_number: int) -> None:
+    """A handler busy when the signal comes finishes before the app stops; exit status 0."""
+    process = start("busy")
+    read_until(process, "handler started")
+    process.send_signal(signal_number)
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert stdout.splitlines() == ["handler done", "finalizer started", "finalizer done"]
+
+
 def test_a_second_interrupt_exits_at_once() -> None:
     """While a finalizer hangs, a second SIGINT cuts the shutdown short: exit status 130."""
     process = start("hang")

@@ -120,3 +120,28 @@ async def test_stopping_during_a_retry_pause_is_prompt_and_commits_nothing() -> 
     assert attempts == [1]
     assert broker.committed("workers", "jobs") == [0]
     assert broker.messages("jobs.dlq") == []
+
+
+async def test_a_cancelled_caller_lets_the_message_in_hand_finish_and_commit() -> None:
+    """Cancelling the task that runs the app stops it gracefully: the handler finishes."""
+    broker = MemoryBroker()
+    app = App(broker=broker, graceful_timeout=5)
+    events: list[str] = []
+    started = anyio.Event()
+
+    @app.subscriber("jobs", group="workers")
+    async def work(body: bytes) -> None:
+        events.append("start")
+        started.set()
+        await anyio.sleep(0.05)
+        events.append("done")
+
+    with anyio.CancelScope() as outer:
+        async with app:
+            await app.publish("jobs", b"job")
+            await started.wait()
+            outer.cancel()
+            await anyio.sleep_forever()
+    assert outer.cancelled_caught
+    assert events == ["start", "done"]
+    assert broker.committed("workers", "jobs") == [1]

@@ -1,6 +1,6 @@
 """An app run with app.run() in a child process by test_run.py; it prints what happens.
 
-Usage: python -m tests.apps.signalled [ok|hang|broken|crash] [--debug]
+Usage: python -m tests.apps.signalled [ok|hang|broken|crash|busy] [--debug]
 """
 
 from __future__ import annotations
@@ -46,12 +46,17 @@ def main() -> None:
 
     @app.subscriber("jobs", group="workers", retry=None)
     async def work(body: bytes) -> None:
+        if mode == "busy":
+            print("handler started", flush=True)
+            await anyio.sleep(0.3)  # still in hand when the signal comes
+            print("handler done", flush=True)
+            return
         raise RuntimeError(f"cannot do {body.decode()}")
 
     @app.after_startup
     async def ready() -> None:
         print("ready", flush=True)
-        if mode == "crash":
+        if mode in ("crash", "busy"):
             await app.publish("jobs", b"job 1")
 
     app.run()
