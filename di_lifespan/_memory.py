@@ -128,12 +128,18 @@ class MemoryBroker:
 
     def pending(self) -> int:
         """How many stored messages some subscribed group has not committed yet."""
-        total = 0
+        return sum(self.pending_by_topic().values())
+
+    def pending_by_topic(self) -> dict[str, int]:
+        """Per topic, how many stored messages some subscribed group has not committed yet."""
+        counts: dict[str, int] = {}
         for (_, topic), state in self._groups.items():
             if state.members:
                 ends = self.end_offsets(topic)
-                total += sum(end - done for end, done in zip(ends, state.committed, strict=True))
-        return total
+                left = sum(end - done for end, done in zip(ends, state.committed, strict=True))
+                if left:
+                    counts[topic] = counts.get(topic, 0) + left
+        return counts
 
     async def wait_for_change(self) -> None:
         """Return after the next send, commit or stop."""

@@ -252,7 +252,7 @@ async def test_a_handler_that_never_finishes_fails_the_publish_with_a_timeout() 
     with pytest.raises(ShutdownError) as stopped:  # noqa: PT012  # the exit is under test too
         async with TestClient(app, settle_timeout=0.05) as client:
             with pytest.raises(
-                TimeoutError, match=r"1 message\(s\) still not handled after 0.05 s"
+                TimeoutError, match=r"1 message\(s\) still not handled after 0.05 s, in t \(1\)"
             ):
                 await client.publish("t", b"x")
     (timeout,) = stopped.value.exceptions
