@@ -249,9 +249,23 @@ def describe(error: BaseException) -> str:
     """
     if isinstance(error, ValidationError):
         return shorten(f"{error.title} is invalid: {_fields(error)}", DESCRIBE_LIMIT)
+    if isinstance(error, BaseExceptionGroup) and not isinstance(error, DiLifespanError):
+        # A task group's wrapper says nothing; what failed inside it does.
+        leaves = _leaves(error)
+        if len(leaves) == 1:
+            return describe(leaves[0])
+        listed = "; ".join(describe(leaf) for leaf in leaves[:LISTED_ERRORS])
+        return shorten(f"{len(leaves)} errors: {listed}", DESCRIBE_LIMIT)
     text = str(error)
     described = f"{type(error).__name__}: {text}" if text else type(error).__name__
     return shorten(described, DESCRIBE_LIMIT)
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for error in group.exceptions:
+        leaves.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
+    return leaves
 
 
 def _fields(error: ValidationError) -> str:

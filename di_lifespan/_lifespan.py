@@ -245,7 +245,9 @@ class LifespanRun:
             plan.shutdown_timeout,
             _per_resource_limits(plan.startup_timeouts, graph),
         )
-        resources = self._resources = ResourceSet(container, graph, limits, self._shields)
+        resources = self._resources = ResourceSet(
+            container, graph, limits, self._shields, on_failure=self._crashed
+        )
         resources.open(tasks)
         self.report = resources.report
         self.report.broker = plan.broker.url
@@ -289,7 +291,7 @@ class LifespanRun:
             raise
         except Exception as error:
             raise StartupError(what, describe(error)) from error
-        held = self._held = _HeldContext(manager, self._shields)
+        held = self._held = _HeldContext(manager, self._shields, self._crashed)
         tasks.start_soon(held.hold, self._plan.startup_timeout, self._plan.shutdown_timeout)
         await held.entered.wait()
         if held.enter_failure is not None:
@@ -391,9 +393,15 @@ class _HeldContext:
 
     what = "the lifespan context manager"
 
-    def __init__(self, manager: AbstractAsyncContextManager[Any], shields: StopShields) -> None:
+    def __init__(
+        self,
+        manager: AbstractAsyncContextManager[Any],
+        shields: StopShields,
+        on_failure: Callable[[], None],
+    ) -> None:
         self._manager = manager
         self._shields = shields
+        self._on_failure = on_failure
         self._scope = anyio.CancelScope()
         self._leave = anyio.Event()
         self._exception: BaseException | None = None
@@ -414,7 +422,7 @@ class _HeldContext:
                 self._shields.track(self._scope)
                 self._scope.deadline = math.inf
                 self.entered.set()
-                await self._leave.wait()
+                await self._wait_for_leave()
                 await self._exit(shutdown_limit)
             if self._scope.cancelled_caught:
                 self._note_cancelled(startup_limit, shutdown_limit)
@@ -439,6 +447,19 @@ class _HeldContext:
         self._inside = True
         if anyio.current_time() - began > limit:
             self.enter_failure = StartupTimeoutError(self.what, limit)
+
+    async def _wait_for_leave(self) -> None:
+        """Wait for the shutdown; stop the app early if a task the manager runs fails."""
+        try:
+            await self._leave.wait()
+        except anyio.get_cancelled_exc_class():
+            # Our scope is shielded: only the manager's own scopes reach here, as when a task
+            # of its task group failed. Its exit will raise that failure; stop the app now.
+            if not self._shields.forced:
+                logger.error("%s: a task it runs failed; stopping the app", self.what)  # noqa: TRY400  # the failure itself is raised at exit
+                self._on_failure()
+            with anyio.CancelScope(shield=True):
+                await self._leave.wait()
 
     async def _exit(self, limit: float) -> None:
         began = anyio.current_time()

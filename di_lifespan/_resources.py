@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncGenerator, Generator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import CodeType
@@ -88,6 +88,7 @@ class _Resource:
         # finalizer: time limits are this scope's deadline, a forced stop cancels it.
         self.scope = anyio.CancelScope()
         self.jobs_in, self.jobs_out = anyio.create_memory_object_stream[_Job](1)
+        self.closing = anyio.Event()  # close() has begun: finalizers are coming
 
 
 # The resource whose task is running: its setup registers finalizers that this task will run.
@@ -163,8 +164,10 @@ class ResourceSet:
         graph: ResourceGraph,
         limits: Limits,
         shields: StopShields,
+        on_failure: Callable[[], None] = lambda: None,
     ) -> None:
         self._container = container
+        self._on_failure = on_failure
         self._graph = graph
         self._limits = limits
         self._shields = shields
@@ -302,6 +305,7 @@ class ResourceSet:
 
     async def _serve_finalizers(self, resource: _Resource) -> None:
         """Run, in this task, each finalizer of this resource that close() hands over."""
+        await self._watch(resource)
         while True:
             # Only close() ends this wait: a cancelled run still finalizes what it created.
             with anyio.CancelScope(shield=True):
@@ -314,9 +318,24 @@ class ResourceSet:
             finally:
                 job.done.set()
 
+    async def _watch(self, resource: _Resource) -> None:
+        """Wait for the shutdown; stop the app early if a task the resource runs fails."""
+        if resource.scope.cancel_called:
+            return  # its setup was cancelled: what it created is finalized, nothing runs
+        try:
+            await resource.closing.wait()
+        except anyio.get_cancelled_exc_class():
+            # The resource's scope is shielded: only a scope its provider holds open across
+            # its yield reaches here, as when a task of its task group failed.
+            if not self._forced:
+                logger.error("resource %s: a task it runs failed; stopping the app", resource.name)  # noqa: TRY400  # the failure itself is raised at exit
+                self._on_failure()
+
     async def close(self, exception: BaseException | None) -> list[ShutdownStepError]:
         """Run every finalizer in reverse creation order; return the failures, each logged."""
         errors: list[ShutdownStepError] = []
+        for resource in self._resources.values():
+            resource.closing.set()
         try:
             for container in _containers(self._container):
                 stack = _finalizer_stack(container)

@@ -221,3 +221,46 @@ async def test_a_resource_fetched_through_the_container_in_a_setup_is_created_on
     async with app:
         assert (await app.container.get(Client)).name == "uses Other"
     assert created == ["Other"]
+
+
+async def test_a_failing_task_of_the_lifespan_stops_the_app_naming_the_error() -> None:
+    """A lifespan= whose task group loses a task stops the app; the exit names that error."""
+
+    @asynccontextmanager
+    async def lifespan(app: App) -> AsyncIterator[None]:
+        async def poller() -> None:
+            await anyio.sleep(0.01)
+            raise RuntimeError("poller died")
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(poller)
+            yield
+            group.cancel_scope.cancel()
+
+    with anyio.fail_after(5), pytest.raises(ShutdownError) as caught:  # noqa: PT012  # the whole run is under test
+        async with App(lifespan=lifespan):
+            await anyio.sleep_forever()  # the failure ends the block
+    (failure,) = caught.value.exceptions
+    assert str(failure) == "the lifespan context manager failed: RuntimeError: poller died"
+
+
+async def test_a_failing_task_of_a_resource_stops_the_app_naming_the_error() -> None:
+    """A provider whose heartbeat task fails stops the app; its finalizer reports the error."""
+
+    class Failing(Provider):
+        @provide(scope=Scope.APP)
+        async def client(self) -> AsyncIterator[Client]:
+            async def beat() -> None:
+                await anyio.sleep(0.01)
+                raise RuntimeError("heartbeat died")
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(beat)
+                yield Client("Failing")
+                group.cancel_scope.cancel()
+
+    with anyio.fail_after(5), pytest.raises(ShutdownError) as caught:  # noqa: PT012  # the whole run is under test
+        async with App(Failing()):
+            await anyio.sleep_forever()  # the failure ends the block
+    (failure,) = caught.value.exceptions
+    assert str(failure) == "finalizer of Client failed: RuntimeError: heartbeat died"
