@@ -237,7 +237,7 @@ async def test_a_failing_task_of_the_lifespan_stops_the_app_naming_the_error() -
             yield
             group.cancel_scope.cancel()
 
-    with anyio.fail_after(5), pytest.raises(ShutdownError) as caught:  # noqa: PT012  # the whole run is under test
+    with anyio.fail_after(5), pytest.raises(ShutdownError) as caught:  # the whole run is under test
         async with App(lifespan=lifespan):
             await anyio.sleep_forever()  # the failure ends the block
     (failure,) = caught.value.exceptions
@@ -259,7 +259,7 @@ async def test_a_failing_task_of_a_resource_stops_the_app_naming_the_error() -> 
                 yield Client("Failing")
                 group.cancel_scope.cancel()
 
-    with anyio.fail_after(5), pytest.raises(ShutdownError) as caught:  # noqa: PT012  # the whole run is under test
+    with anyio.fail_after(5), pytest.raises(ShutdownError) as caught:  # the whole run is under test
         async with App(Failing()):
             await anyio.sleep_forever()  # the failure ends the block
     (failure,) = caught.value.exceptions
