@@ -178,7 +178,9 @@ class SubscriberLoop:
             await self.settle()
         except DeliveryError:
             raise
-        except Exception as error:
+        except (Exception, SystemExit, KeyboardInterrupt) as error:
+            # SystemExit or KeyboardInterrupt out of a handler (a library calling sys.exit())
+            # stops the app like a transport failure: gracefully, and named.
             raise DeliveryError(self.name, describe(error)) from error
         finally:
             with self._shields.shield():
@@ -212,13 +214,15 @@ class SubscriberLoop:
 
         A message whose retries a stop interrupted is not marked done: it is read again.
         Raises DeliveryError, with the message's coordinates, when even the dead-letter
-        topic cannot take it.
+        topic cannot take it, or when the handler raised SystemExit or KeyboardInterrupt.
         """
         try:
             await self._handle(message)
         except _Interrupted:
             return  # a stop cut its retries short: not done, so not committed
-        except Exception as error:
+        except (Exception, SystemExit, KeyboardInterrupt) as error:
+            # Caught here, in the task that ran the handler: asyncio lets a SystemExit that
+            # leaves a task end the whole event loop.
             raise DeliveryError(
                 self.name,
                 describe(error),
@@ -345,7 +349,9 @@ class SubscriberLoop:
     async def _give_up(self, message: Message, error: Exception, *, reason: str) -> None:
         attempts = message.attempt
         topic = self._dead_letter_topic(message)
-        traceback = None if isinstance(error, InvalidBodyError) else error
+        # One line per failure; the handler's traceback when debug logging is on.
+        debugging = logger.isEnabledFor(logging.DEBUG)
+        traceback = error if debugging and not isinstance(error, InvalidBodyError) else None
         if topic is None:
             logger.error(
                 "handler %s: %s %s; dropped after %d attempt(s) (dead_letter=None)",
@@ -440,7 +446,7 @@ class _PartitionWorkers:
         """
         try:
             await self._feed()
-        except ExceptionGroup as group:
+        except BaseExceptionGroup as group:
             raise _first_leaf(group) from None
 
     async def _feed(self) -> None:
@@ -468,7 +474,7 @@ class _PartitionWorkers:
         await self._loop.settle()
 
 
-def _first_leaf(group: BaseExceptionGroup[Exception]) -> Exception:
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     first = group.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 

@@ -70,7 +70,7 @@ async def test_lifespan_runs_the_app_on_another_broker_with_overrides() -> None:
 async def test_delivery_log_records_carry_the_handler_and_the_message_coordinates(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Retry and dead-letter log records have handler, topic, partition, offset in extra."""
+    """Retry and dead-letter records are one line each, with handler and coordinates in extra."""
     broker = MemoryBroker()
     app = App(broker=broker)
 
@@ -84,6 +84,7 @@ async def test_delivery_log_records_carry_the_handler_and_the_message_coordinate
             await drained(broker)
     records = [record for record in caplog.records if hasattr(record, "handler")]
     assert [record.levelno for record in records] == [logging.WARNING, logging.ERROR]
+    assert [record.exc_info for record in records] == [None, None]  # one line each
     for record in records:
         fields = (record.handler, record.topic, record.partition, record.offset)  # type: ignore[attr-defined]  # set through extra=
         assert fields == (work.__qualname__, "jobs", 0, 0)

@@ -145,3 +145,22 @@ async def test_a_cancelled_caller_lets_the_message_in_hand_finish_and_commit() -
     assert outer.cancelled_caught
     assert events == ["start", "done"]
     assert broker.committed("workers", "jobs") == [1]
+
+
+@pytest.mark.parametrize("max_concurrency", [1, 2])
+async def test_a_handler_calling_sys_exit_stops_the_app_naming_the_subscriber(
+    max_concurrency: int,
+) -> None:
+    """SystemExit out of a handler stops the app gracefully, as one named failure."""
+    app = App(broker=MemoryBroker())
+
+    @app.subscriber("jobs", group="workers", max_concurrency=max_concurrency)
+    async def work(body: bytes) -> None:
+        raise SystemExit("a library gave up")
+
+    with anyio.fail_after(5), pytest.raises(ShutdownError) as caught:  # noqa: PT012  # the whole run is under test
+        async with app:
+            await app.publish("jobs", b"job")
+            await anyio.sleep_forever()  # the failure ends the block
+    (failure,) = caught.value.exceptions
+    assert str(failure) == f"subscriber {work.__qualname__} failed: SystemExit: a library gave up"
