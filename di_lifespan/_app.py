@@ -131,6 +131,7 @@ class App:
         self._entered: list[AbstractAsyncContextManager[App]] = []  # by `async with app`
         self._last_report: StartupReport | None = None
         self._forced_stop = False
+        self._last_served = False
 
     # --- handlers and publishing ----------------------------------------------------------
 
@@ -278,6 +279,7 @@ class App:
         finally:
             self._run = None
             self._last_report = run.report
+            self._last_served = run.served
             self._forced_stop = self._forced_stop or run.forced
         self._raise_outcome(run, body_error)
 
@@ -371,6 +373,7 @@ class App:
         """
         _configure_logging()
         self._forced_stop = False
+        self._last_served = False
         status = anyio.run(self._serve_until_signalled)
         if self._forced_stop:
             raise SystemExit(130)
@@ -385,6 +388,9 @@ class App:
                 try:
                     with serving:
                         await self.serve()
+                    if serving.cancelled_caught and not self._last_served:
+                        logger.warning("stopped by a signal before startup finished")
+                        return 1
                 except StartupError as error:
                     _log_one_line(error)
                     for note in getattr(error, "__notes__", ()):

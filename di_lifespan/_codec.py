@@ -145,13 +145,24 @@ def decoder_for(annotation: Any) -> Decoder:
             if content_type.startswith(b"text/"):
                 return _as_published(from_python, from_json, message.value.decode(), message)
             if content_type.startswith(BINARY):
-                return _as_published(from_python, from_json, message.value, message)
+                # Raw bytes are what other producers send without a header: a body that fits
+                # neither way is explained as it would be without the header, by the JSON error.
+                return _as_published(
+                    from_python, from_json, message.value, message, json_explains=True
+                )
         return from_json(message.value)
 
     return Decoder(from_json, from_message)
 
 
-def _as_published(from_python: Validate, from_json: Validate, value: Any, message: Message) -> Any:
+def _as_published(
+    from_python: Validate,
+    from_json: Validate,
+    value: Any,
+    message: Message,
+    *,
+    json_explains: bool = False,
+) -> Any:
     """The text or bytes as they are if the annotation takes them, else read as JSON."""
     try:
         return from_python(value)
@@ -159,8 +170,8 @@ def _as_published(from_python: Validate, from_json: Validate, value: Any, messag
         try:
             return from_json(message.value)
         except pydantic.ValidationError as json_error:
-            # a body that is not JSON at all is explained better by the first attempt
-            raise (error if _not_json(json_error) else json_error) from None
+            # text that is not JSON at all is explained better by the first attempt
+            raise (error if _not_json(json_error) and not json_explains else json_error) from None
 
 
 def _not_json(error: pydantic.ValidationError) -> bool:

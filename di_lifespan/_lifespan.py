@@ -108,6 +108,7 @@ class LifespanRun:
         self.startup_error: BaseException | None = None
         self.failures: list[ShutdownStepError] = []
         self.ready = False
+        self.served = False  # became ready at some point: a stop before that interrupted a start
         self._shields = StopShields()
         self._resources: ResourceSet | None = None
         self._graph: ResourceGraph | None = None
@@ -194,7 +195,7 @@ class LifespanRun:
             await self._run_startup_hooks("after_startup", resources)
             self._subscribers.deliver()  # only now may a message reach a handler
             resources.started()
-            self.ready = True
+            self.ready = self.served = True
             self.status = AppStatus.RUNNING
             self._finish_report()
             task_status.started()
@@ -214,8 +215,12 @@ class LifespanRun:
         if report is None or report.duration is not None:
             return
         report.finish()
-        level = logging.INFO if self.ready else logging.ERROR
-        logger.log(level, "startup report: %s\n%s", report.summary(), report)
+        if self.ready:
+            logger.info("startup report: %s\n%s", report.summary(), report)
+        elif self.startup_error is not None:
+            logger.error("startup report: %s\n%s", report.summary(), report)
+        else:
+            logger.warning("startup interrupted: %s\n%s", report.summary(), report)
 
     def _build(self, tasks: TaskGroup) -> ResourceSet:
         plan = self._plan

@@ -91,7 +91,8 @@ def settings_provider(settings: type[BaseModel], env_file: Path | None) -> Provi
 
     def read() -> Any:
         if env_file is not None and not env_file.is_file():
-            raise FileNotFoundError(f"env file {str(env_file)!r} does not exist")
+            problem = "is a directory, not a file" if env_file.is_dir() else "does not exist"
+            raise FileNotFoundError(f"env file {str(env_file)!r} {problem}")
         return _read(settings, reader, env_file)
 
     provider = Provider(scope=Scope.APP)

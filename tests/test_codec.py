@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from di_lifespan import App, EncodingError, MemoryBroker, Outgoing
+from di_lifespan import DEAD_LETTER_HEADERS, App, EncodingError, MemoryBroker, Outgoing
 from di_lifespan._codec import BINARY, CONTENT_TYPE, TEXT, decoder_for, encode
 from di_lifespan._message import Message
 from di_lifespan.testing import TestClient
@@ -249,3 +249,28 @@ async def test_a_result_that_cannot_be_encoded_is_raised_in_the_test() -> None:
         with pytest.raises(EncodingError, match="cannot publish a value of type Price"):
             await client.publish("in", b"x")
         assert client.published("out") == []
+
+
+class Flower(pydantic.BaseModel):
+    """A body model for the content-type test."""
+
+    petal_length: float
+
+
+async def test_bad_bytes_are_explained_as_they_would_be_without_a_content_type() -> None:
+    """A test's truncated JSON bytes get the same x-error as a header-less producer's."""
+    app = App()
+
+    @app.subscriber("flowers")
+    async def read(flower: Flower) -> None:
+        raise AssertionError("never reached")
+
+    truncated = b'{"petal_length": 1.'
+    async with TestClient(app, raise_handler_errors=False) as client:
+        await client.publish("flowers", truncated)  # bytes: sent with a content-type
+        await client.broker.send("flowers", truncated)  # as another producer would send it
+        await client.settle()
+        errors = [m.header(DEAD_LETTER_HEADERS["error"]) for m in client.messages("flowers.dlq")]
+    assert len(errors) == 2
+    assert errors[0] == errors[1]
+    assert "Invalid JSON" in (errors[0] or "")

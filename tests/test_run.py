@@ -58,6 +58,17 @@ def test_a_signal_lets_the_message_in_hand_finish(signal_number: int) -> None:
     assert stdout.splitlines() == ["handler done", "finalizer started", "finalizer done"]
 
 
+def test_a_signal_during_startup_exits_with_1_saying_so() -> None:
+    """SIGTERM before the app is ready stops the start: a warning, no error report, status 1."""
+    process = start("slow-start")
+    read_until(process, "starting")
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 1, stderr
+    assert "stopped by a signal before startup finished" in stderr
+    assert " ERROR " not in stderr
+
+
 def test_a_second_interrupt_exits_at_once() -> None:
     """While a finalizer hangs, a second SIGINT cuts the shutdown short: exit status 130."""
     process = start("hang")

@@ -67,6 +67,13 @@ async def test_a_missing_env_file_fails_the_start_naming_it(tmp_path: Path) -> N
         await App(settings=PlainSettings, env_file=missing).__aenter__()
 
 
+async def test_an_env_file_that_is_a_directory_says_so(tmp_path: Path) -> None:
+    """A directory given as env file is named as a directory, not as a missing file."""
+    with pytest.raises(StartupError, match=r"is a directory, not a file"):
+        async with App(settings=PlainSettings, env_file=tmp_path):
+            pytest.fail("the app must not start")
+
+
 REJECTED = "hunter2-not-for-logs"
 
 

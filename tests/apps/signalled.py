@@ -1,6 +1,6 @@
 """An app run with app.run() in a child process by test_run.py; it prints what happens.
 
-Usage: python -m tests.apps.signalled [ok|hang|broken|crash|busy] [--debug]
+Usage: python -m tests.apps.signalled [ok|hang|broken|crash|busy|slow-start] [--debug]
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ class Resources(Provider):
     async def pool(self) -> AsyncIterator[Pool]:
         if self.mode == "broken":
             raise ConnectionRefusedError("db:5432")
+        if self.mode == "slow-start":
+            print("starting", flush=True)
+            await anyio.sleep_forever()  # a signal comes before it is ready
         yield Pool()
         print("finalizer started", flush=True)
         if self.mode == "hang":
