@@ -29,7 +29,7 @@ from ._errors import (
 from ._hooks import Hook, function_name
 from ._lifespan import AppStatus, LifespanPlan, LifespanRun
 from ._message import Headers
-from ._overrides import Override, resolve_overrides
+from ._overrides import Override, check_overrides, resolve_overrides
 from ._report import StartupReport
 from ._router import Router
 from ._settings import settings_provider
@@ -324,7 +324,9 @@ class App:
         all_context = {**self._context, **(context or {})}
         if all_context:
             providers.append(_context_provider(all_context))
-        providers += resolve_overrides(overrides, providers)
+        providers += resolve_overrides(
+            check_overrides("App.lifespan(overrides=...)", overrides), providers
+        )
         return LifespanPlan(
             app=self,
             providers=providers,

@@ -17,13 +17,13 @@ from dishka.provider import BaseProvider
 
 from ._config import provided_scopes
 from ._delivery import Publisher
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, excerpt
 from ._graph import key_name
 
 if TYPE_CHECKING:
     from typing import _SpecialForm  # what mypy calls Annotated[...], Optional[...] and the like
 
-__all__ = ["Override", "override", "resolve_overrides"]
+__all__ = ["Override", "check_overrides", "override", "resolve_overrides"]
 
 T = TypeVar("T")
 
@@ -52,7 +52,44 @@ def override(
     special form (``Annotated[...]``, ``Optional[...]``) is accepted with a value of any type,
     and the union also keeps mypy from refusing an abstract class or a protocol as ``type_``.
     """
+    _check_value(type_, value)
     return Override(type_, value, component)
+
+
+def _check_value(type_: Any, value: Any) -> None:
+    """Refuse a value that is plainly not a ``type_`` (mypy catches this too, tests at run time)."""
+    if not isinstance(type_, type):
+        return  # NewType, Annotated[...], a union: nothing isinstance() can check
+    try:
+        fits = isinstance(value, type_)
+    except TypeError:
+        return  # a Protocol that is not runtime-checkable
+    if not fits:
+        got = f"the class {value.__qualname__}" if isinstance(value, type) else excerpt(value)
+        raise ConfigurationError(
+            f"override({type_.__qualname__}, ...)",
+            f"expected a {type_.__qualname__} instance, got {got}",
+        )
+
+
+def check_overrides(where: str, overrides: object) -> tuple[BaseProvider | Override, ...]:
+    """``overrides`` as a tuple, or ConfigurationError naming what is wrong and where."""
+    if isinstance(overrides, Override | BaseProvider):
+        raise ConfigurationError(where, "expected a list of overrides: wrap it in [...]")
+    if isinstance(overrides, Mapping):
+        raise ConfigurationError(
+            where, "expected a list, not a dict: write [override(Type, value), ...]"
+        )
+    if not isinstance(overrides, Iterable) or isinstance(overrides, str | bytes):
+        raise ConfigurationError(where, f"expected a list of overrides, got {overrides!r}")
+    items = tuple(overrides)
+    for position, item in enumerate(items, start=1):
+        if not isinstance(item, BaseProvider | Override):
+            raise ConfigurationError(
+                f"{where} item {position}",
+                f"expected a dishka Provider or override(Type, value), got {excerpt(item)}",
+            )
+    return items
 
 
 def resolve_overrides(

@@ -25,7 +25,7 @@ from ._codec import decoder_for
 from ._errors import ConfigurationError, LifespanStateError
 from ._memory import MemoryBroker
 from ._message import Headers, Message
-from ._overrides import Override, override
+from ._overrides import Override, check_overrides, override
 
 __all__ = ["Override", "TestClient", "override"]
 
@@ -64,15 +64,9 @@ class TestClient:
     ) -> None:
         if not isinstance(app, App):
             raise ConfigurationError("TestClient(app)", f"expected a di_lifespan App, got {app!r}")
-        for position, item in enumerate(overrides, start=1):
-            if not isinstance(item, BaseProvider | Override):
-                raise ConfigurationError(
-                    f"TestClient(overrides=...) item {position}",
-                    f"expected a dishka Provider or override(Type, value), got {item!r}",
-                )
         self.app = app
         self.broker = MemoryBroker(partitions=partitions)
-        self._overrides = tuple(overrides)
+        self._overrides = check_overrides("TestClient(overrides=...)", overrides)
         self._context = dict(context or {})
         self._raise_handler_errors = raise_handler_errors
         self._settle_timeout = settle_timeout

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pydantic
@@ -287,3 +287,39 @@ async def test_the_publisher_can_be_overridden() -> None:
         assert client.messages("items.apple") == []
         assert client.published("counts") == [2]
     assert fake.sent == [("items.apple", "apple"), ("items.pear", "pear")]
+
+
+class Weights:
+    """A resource type for the override checks."""
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda: override(Weights, "not weights"),  # type: ignore[arg-type]  # the mistake under test
+            "override(Weights, ...): expected a Weights instance, got 'not weights'",
+        ),
+        (
+            lambda: override(Weights, Weights),  # type: ignore[arg-type]  # the mistake under test
+            "override(Weights, ...): expected a Weights instance, got the class Weights",
+        ),
+        (
+            lambda: TestClient(App(), overrides=override(Weights, Weights())),  # type: ignore[arg-type]  # the mistake under test
+            "TestClient(overrides=...): expected a list of overrides: wrap it in [...]",
+        ),
+        (
+            lambda: TestClient(App(), overrides={Weights: Weights()}),  # type: ignore[arg-type]  # the mistake under test
+            "TestClient(overrides=...): expected a list, not a dict:"
+            " write [override(Type, value), ...]",
+        ),
+    ],
+    ids=["wrong-value", "a-class", "not-a-list", "a-dict"],
+)
+def test_malformed_overrides_are_refused_saying_what_to_write(
+    make: Callable[[], object], message: str
+) -> None:
+    """An override of the wrong type, or overrides not in a list, are refused at once."""
+    with pytest.raises(ConfigurationError) as caught:
+        make()
+    assert str(caught.value) == message
