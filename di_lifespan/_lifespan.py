@@ -107,8 +107,7 @@ class LifespanRun:
         self.publisher = Publisher(plan.broker)
         self.startup_error: BaseException | None = None
         self.failures: list[ShutdownStepError] = []
-        self.ready = False
-        self.served = False  # became ready at some point: a stop before that interrupted a start
+        self.served = False  # became ready: shutdown hooks run; a stop before interrupted a start
         self._shields = StopShields()
         self._resources: ResourceSet | None = None
         self._graph: ResourceGraph | None = None
@@ -155,7 +154,7 @@ class LifespanRun:
             try:
                 await self._start_and_serve(tasks, task_status)
             except Exception as error:
-                if self.ready:
+                if self.served:
                     raise
                 self.startup_error = error
             finally:
@@ -195,7 +194,7 @@ class LifespanRun:
             await self._run_startup_hooks("after_startup", resources)
             self._subscribers.deliver()  # only now may a message reach a handler
             resources.started()
-            self.ready = self.served = True
+            self.served = True
             self.status = AppStatus.RUNNING
             self._finish_report()
             task_status.started()
@@ -215,7 +214,7 @@ class LifespanRun:
         if report is None or report.duration is not None:
             return
         report.finish()
-        if self.ready:
+        if self.served:
             logger.info("startup report: %s\n%s", report.summary(), report)
         elif self.startup_error is not None:
             logger.error("startup report: %s\n%s", report.summary(), report)
@@ -331,20 +330,19 @@ class LifespanRun:
 
     async def _stop_subscribers(self) -> list[ShutdownStepError]:
         failures: list[ShutdownStepError] = []
-        if self.ready:
+        if self.served:
             failures += await self._run_shutdown_hooks("on_shutdown")
         failures += await self._subscribers.stop(self._plan.graceful_timeout)
         return failures
 
     async def _stop_the_rest(self) -> list[ShutdownStepError]:
         failures = await self._stop_broker()
-        if self.ready:
+        if self.served:
             failures += await self._run_shutdown_hooks("after_shutdown")
         if self._held is not None:
             failures += await self._held.leave(self._exception)
         if self._resources is not None:
             failures += await self._resources.close(self._exception)
-        self.ready = False
         return self._subscribers.crashes + failures
 
     async def _stop_broker(self) -> list[ShutdownStepError]:
