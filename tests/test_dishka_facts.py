@@ -432,3 +432,53 @@ async def test_providers_built_in_code_give_values_and_context_by_type() -> None
     assert await container.get(Slow, component="fake") is fixed
     assert await container.get(int) == 7
     await container.close()
+
+
+class Fetched:
+    """A resource another provider fetches through the container it is injected."""
+
+
+class Fetching:
+    """A resource whose provider takes the container itself."""
+
+    def __init__(self, container: AsyncContainer) -> None:
+        self.container = container
+
+
+class ThroughTheContainer(Provider):
+    fetched = provide(Fetched, scope=Scope.APP)
+
+    @provide(scope=Scope.APP)
+    async def fetching(self, container: AsyncContainer) -> Fetching:
+        await container.get(Fetched)
+        return Fetching(container)
+
+
+async def test_an_injected_container_is_the_container_and_its_get_is_looked_up_on_its_class() -> (
+    None
+):
+    """_resources swaps the containers' class for one whose get() waits; dishka must allow it."""
+    calls: list[object] = []
+
+    class Watching(AsyncContainer):
+        __slots__ = ()
+
+        async def get(self, dependency_type: Any, component: Any = "") -> Any:
+            calls.append(dependency_type)
+            return await super().get(dependency_type, component)
+
+    container = make_async_container(ThroughTheContainer(), lock_factory=None)
+    container.__class__ = Watching
+    fetching = await container.get(Fetching)
+    assert fetching.container is container
+    assert calls == [Fetching, Fetched]  # the provider's own get() goes through the class
+
+
+async def test_the_app_and_runtime_containers_share_the_context_dict_given() -> None:
+    """_resources puts its gate in the context dict both long-lived containers read."""
+    context: dict[Any, Any] = {}
+    container = make_async_container(ThroughTheContainer(), context=context, lock_factory=None)
+    parent = container.parent_container
+    assert parent is not None
+    assert container._context is context
+    assert parent._context is context
