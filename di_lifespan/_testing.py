@@ -22,7 +22,7 @@ from dishka.provider import BaseProvider
 
 from ._app import App
 from ._codec import decoder_for
-from ._errors import ConfigurationError, LifespanStateError
+from ._errors import ConfigurationError, LifespanStateError, describe
 from ._memory import MemoryBroker
 from ._message import Headers, Message
 from ._overrides import Override, check_overrides, override
@@ -101,9 +101,15 @@ class TestClient:
             raise LifespanStateError("exit the test client", "not started by it")
         try:
             await lifespan.__aexit__(exc_type, exc, traceback)
-        finally:
-            if exc is None:
-                self._raise_handler_errors_seen()
+        except Exception as error:
+            # The shutdown failed too: its error is raised, carrying the handlers' as notes.
+            # A cancellation is not caught here: it goes on as it is.
+            for handler_error in self._errors:
+                error.add_note(f"a handler failed as well: {describe(handler_error)}")
+            self._errors.clear()
+            raise
+        if exc is None:
+            self._raise_handler_errors_seen()
 
     def _raise_handler_errors_seen(self) -> None:
         errors, self._errors = self._errors, []

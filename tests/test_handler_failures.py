@@ -148,3 +148,25 @@ async def test_an_error_down_a_chain_of_handlers_is_raised_by_the_publish() -> N
     async with TestClient(app) as client:
         with pytest.raises(LookupError, match="no address for order 7 invoiced"):
             await client.publish("orders", b"order 7")
+
+
+async def test_a_cancellation_during_the_exit_is_not_masked_by_a_handler_error() -> None:
+    """A cancel arriving while the client stops propagates; a pending handler error waits."""
+    app = App()
+    failed = anyio.Event()
+    outer = anyio.CancelScope()
+
+    @app.subscriber("jobs")
+    async def work(body: bytes) -> None:
+        failed.set()
+        raise ValueError("unawaited")
+
+    @app.on_shutdown
+    def cancel_the_test() -> None:
+        outer.cancel()  # as a test timeout would, while the client is stopping
+
+    with outer:
+        async with TestClient(app) as client:
+            await client.app.publish("jobs", b"job")
+            await failed.wait()
+    assert outer.cancelled_caught
