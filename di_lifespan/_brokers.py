@@ -7,12 +7,16 @@ from urllib.parse import parse_qs, urlsplit
 
 from ._broker import Broker
 from ._errors import ConfigurationError
+from ._kafka import EmbeddedKafkaBroker, KafkaBroker
 from ._memory import MemoryBroker
 
 __all__ = ["BROKER_ENV", "broker_from"]
 
 BROKER_ENV = "DI_LIFESPAN_BROKER"
-_KNOWN = "memory:// (optionally memory://?partitions=N)"
+_KNOWN = (
+    "memory:// (optionally memory://?partitions=N), kafka://host:9092[,host2:9092...]"
+    " and embedded://"
+)
 
 
 def broker_from(broker: str | Broker | None) -> Broker:
@@ -25,13 +29,29 @@ def broker_from(broker: str | Broker | None) -> Broker:
                 "App(broker=...)", f"expected a broker URL or object, got {broker!r}"
             )
         return broker
+    where = "App(broker=...)" if broker != os.environ.get(BROKER_ENV) else BROKER_ENV
     parts = urlsplit(broker)
     if parts.scheme == "memory":
         return MemoryBroker(partitions=_partitions(broker, parts.query))
+    if parts.scheme == "kafka":
+        return KafkaBroker(_bootstrap_servers(where, broker, parts.netloc))
+    if parts.scheme == "embedded":
+        return EmbeddedKafkaBroker()
     raise ConfigurationError(
-        "App(broker=...)" if broker != os.environ.get(BROKER_ENV) else BROKER_ENV,
-        f"unknown broker URL {broker!r}; this version supports {_KNOWN}",
+        where, f"unknown broker URL {broker!r}; this version supports {_KNOWN}"
     )
+
+
+def _bootstrap_servers(where: str, url: str, netloc: str) -> str:
+    """``host:port[,host:port...]`` from a kafka:// URL, each address checked."""
+    addresses = [address.strip() for address in netloc.split(",")]
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:  # noqa: PLR2004  # TCP ports
+            raise ConfigurationError(
+                where, f"{url!r}: expected kafka://host:port[,host:port...], got {address!r}"
+            )
+    return ",".join(addresses)
 
 
 def _partitions(url: str, query: str) -> int:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+
 import dishka
+import pytest
 
 import di_lifespan
 
@@ -62,3 +65,21 @@ def test_dishka_names_are_dishkas_own() -> None:
     assert di_lifespan.Scope is dishka.Scope
     assert di_lifespan.FromDishka is dishka.FromDishka
     assert di_lifespan.from_context is dishka.from_context
+
+
+@pytest.mark.parametrize(
+    ("module", "names"),
+    [
+        (
+            "di_lifespan.kafka",
+            {"EmbeddedKafka", "EmbeddedKafkaBroker", "EmbeddedKafkaError", "KafkaBroker"},
+        ),
+        ("di_lifespan.testing", {"Override", "TestClient", "override"}),
+    ],
+)
+def test_the_public_submodules_export_exactly_their_names(module: str, names: set[str]) -> None:
+    """The submodules users import by name keep their surface too."""
+    imported = importlib.import_module(module)
+    assert set(imported.__all__) == names
+    for name in names:
+        assert getattr(imported, name) is not None

@@ -1,4 +1,8 @@
-"""The brokers every transport contract test runs against."""
+"""The brokers every transport contract test runs against: in memory, and on Kafka.
+
+The Kafka runs share the session's broker (``kafka_bootstrap``: an embedded Tansu broker, or
+the Kafka at ``DI_LIFESPAN_TEST_KAFKA``); each test makes topics of its own.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +10,28 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from di_lifespan import Broker, MemoryBroker
+from di_lifespan.kafka import KafkaBroker
 
 PARTITIONS = 3
 
 
-@pytest.fixture(params=["memory"])
+@pytest.fixture(params=["memory", "kafka"])
 def transport_kind(request: pytest.FixtureRequest) -> str:
     """Which transport a contract test runs on."""
     return str(request.param)
 
 
 @pytest.fixture
-def unstarted_broker(transport_kind: str) -> Broker:
+def unstarted_broker(transport_kind: str, request: pytest.FixtureRequest) -> Broker:
     """A broker of that kind, not started (an App starts and stops it), three partitions a topic."""
-    return MemoryBroker(partitions=PARTITIONS)
+    if transport_kind == "memory":
+        return MemoryBroker(partitions=PARTITIONS)
+    bootstrap: str = request.getfixturevalue("kafka_bootstrap")
+    # Idempotence off: the embedded broker cannot serve it, and the suite needs none.
+    return KafkaBroker(bootstrap, idempotent=False, session_timeout_ms=2_000)
 
 
 @pytest.fixture
@@ -33,6 +43,17 @@ async def broker(unstarted_broker: Broker) -> AsyncIterator[Broker]:
 
 
 @pytest.fixture
-def topic() -> str:
-    """A topic name no other test uses, so that tests can share one real broker."""
-    return f"contract-{uuid.uuid4().hex[:12]}"
+async def topic(transport_kind: str, request: pytest.FixtureRequest) -> str:
+    """A topic name no other test uses, so that tests can share one real broker.
+
+    On Kafka it is created with three partitions, as the memory broker gives each topic.
+    """
+    name = f"contract-{uuid.uuid4().hex[:12]}"
+    if transport_kind == "kafka":
+        admin = AIOKafkaAdminClient(bootstrap_servers=request.getfixturevalue("kafka_bootstrap"))
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(name, PARTITIONS, replication_factor=1)])
+        finally:
+            await admin.close()
+    return name

@@ -1,0 +1,184 @@
+"""``kafka://`` and ``embedded://``: the transport on a Kafka-protocol broker, through aiokafka.
+
+One producer per broker (``acks="all"``); one consumer per subscriber. A consumer with a group
+joins it (partitions shared among its members, reading resumed from the group's committed
+offsets, from the earliest offset for a new group) and commits only what the pipeline hands
+it; a consumer without a group is given every partition of its topics and reads what arrives
+after it started, committing nothing.
+
+``embedded://`` starts an ``EmbeddedKafka`` (the Tansu broker of the ``embedded`` extra) with
+the app and stops it with the app; every message is gone then. The producer's idempotence is
+off there: aiokafka's InitProducerId request fails on Tansu.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord, TopicPartition
+
+from ._broker import Delivery, Subscription
+from ._embedded import EmbeddedKafka
+from ._message import Message
+
+__all__ = ["EmbeddedKafkaBroker", "KafkaBroker", "KafkaConsumer"]
+
+# Short enough for a quick first join on the embedded broker (it holds a first join for half
+# the session timeout), long enough for a loaded machine's heartbeats.
+SESSION_TIMEOUT_MS = 6_000
+EMBEDDED_SESSION_TIMEOUT_MS = 2_000
+POLL_MS = 100  # how long a fetch waits before it looks whether the consumer was stopped
+
+
+class KafkaBroker:
+    """A Kafka-protocol broker at ``bootstrap_servers`` (``"host:9092,host2:9092"``).
+
+    ``client_options`` go to both aiokafka clients as they are (``security_protocol``,
+    ``sasl_mechanism``, ``ssl_context``, ``client_id``...). ``idempotent`` turns the
+    producer's idempotence on (the default; the embedded broker cannot serve it).
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        *,
+        client_options: Mapping[str, Any] | None = None,
+        idempotent: bool = True,
+        session_timeout_ms: int = SESSION_TIMEOUT_MS,
+        url: str | None = None,
+    ) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.url = url or f"kafka://{bootstrap_servers}"
+        self._options = dict(client_options or {})
+        self._idempotent = idempotent
+        self._session_timeout_ms = session_timeout_ms
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        """Connect the producer."""
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap_servers,
+            acks="all",
+            enable_idempotence=self._idempotent,
+            **self._options,
+        )
+        await producer.start()
+        self._producer = producer
+
+    async def stop(self) -> None:
+        """Flush what is queued and disconnect the producer."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Mapping[str, bytes] | None = None,
+    ) -> Delivery | None:
+        """Queue the message in the producer; the returned Delivery is the broker's answer."""
+        if self._producer is None:
+            raise RuntimeError(f"the broker {self.url} is not started")
+        delivery: Delivery = await self._producer.send(
+            topic, value, key=key, headers=list(headers.items()) if headers else None
+        )
+        return delivery
+
+    async def subscribe(self, subscription: Subscription) -> KafkaConsumer:
+        """A consumer of the subscription's topics, started (and, with a group, joined)."""
+        consumer = AIOKafkaConsumer(
+            *subscription.topics,
+            bootstrap_servers=self.bootstrap_servers,
+            group_id=subscription.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest" if subscription.group else "latest",
+            session_timeout_ms=self._session_timeout_ms,
+            heartbeat_interval_ms=max(self._session_timeout_ms // 4, 100),
+            **self._options,
+        )
+        await consumer.start()
+        return KafkaConsumer(consumer, grouped=subscription.group is not None)
+
+
+class EmbeddedKafkaBroker(KafkaBroker):
+    """``embedded://``: a KafkaBroker on an EmbeddedKafka started and stopped with it."""
+
+    def __init__(self, kafka: EmbeddedKafka | None = None) -> None:
+        self._kafka = kafka or EmbeddedKafka()
+        super().__init__(
+            self._kafka.bootstrap_servers,
+            idempotent=False,
+            session_timeout_ms=EMBEDDED_SESSION_TIMEOUT_MS,
+            url="embedded://",
+        )
+
+    async def start(self) -> None:
+        """Start the embedded broker, then connect to it."""
+        await anyio.to_thread.run_sync(self._kafka.start)
+        try:
+            await super().start()
+        except BaseException:
+            await anyio.to_thread.run_sync(self._kafka.stop)
+            raise
+
+    async def stop(self) -> None:
+        """Disconnect, then stop the embedded broker (what it stored is gone)."""
+        try:
+            await super().stop()
+        finally:
+            await anyio.to_thread.run_sync(self._kafka.stop)
+
+
+class KafkaConsumer:
+    """One subscriber's aiokafka consumer, as the pipeline's Consumer."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, *, grouped: bool) -> None:
+        self._consumer = consumer
+        self._grouped = grouped
+        self._stopped = False
+
+    async def fetch(self, max_records: int) -> Sequence[Message]:
+        """Wait for messages; return up to ``max_records``, or none once stopped."""
+        while not self._stopped:
+            records = await self._consumer.getmany(timeout_ms=POLL_MS, max_records=max_records)
+            if records:
+                return [_message(record) for batch in records.values() for record in batch]
+        return []
+
+    async def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Commit, per partition, the next offset to read (nothing without a group)."""
+        if self._grouped and offsets:
+            await self._consumer.commit(
+                {
+                    TopicPartition(topic, partition): offset
+                    for (topic, partition), offset in offsets.items()
+                }
+            )
+
+    def stop(self) -> None:
+        """Make a waiting fetch, and every later one, return no messages."""
+        self._stopped = True
+
+    async def close(self) -> None:
+        """Leave the group and disconnect."""
+        self._stopped = True
+        await self._consumer.stop()
+
+
+def _message(record: ConsumerRecord[bytes, bytes]) -> Message:
+    return Message(
+        record.topic,
+        record.partition,
+        record.offset,
+        record.value if record.value is not None else b"",
+        record.key,
+        dict(record.headers),
+        record.timestamp,
+    )

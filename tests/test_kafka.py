@@ -1,0 +1,72 @@
+"""The Kafka transport as an app uses it: broker URLs, and a whole run on an embedded broker."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from pydantic import BaseModel
+
+from di_lifespan import App, ConfigurationError, Message
+from di_lifespan.kafka import EmbeddedKafkaBroker, KafkaBroker
+
+
+class Order(BaseModel):
+    """An input body."""
+
+    item: str
+    quantity: int
+
+
+def test_a_kafka_url_names_its_bootstrap_servers_and_connects_nothing() -> None:
+    """kafka://h1:9092,h2:9093 makes a KafkaBroker for both addresses, unconnected."""
+    app = App(broker="kafka://kafka-1:9092, kafka-2:9093")
+    assert isinstance(app.broker, KafkaBroker)
+    assert app.broker.bootstrap_servers == "kafka-1:9092,kafka-2:9093"
+    assert app.broker.url == "kafka://kafka-1:9092,kafka-2:9093"
+
+
+@pytest.mark.parametrize(
+    ("url", "address"),
+    [("kafka://kafka-1", "'kafka-1'"), ("kafka://:9092", "':9092'"), ("kafka://h:0", "'h:0'")],
+)
+def test_a_kafka_url_without_a_usable_address_is_refused(url: str, address: str) -> None:
+    """A kafka:// URL whose address lacks a host or a valid port is a ConfigurationError."""
+    with pytest.raises(ConfigurationError) as caught:
+        App(broker=url)
+    assert str(caught.value) == (
+        f"App(broker=...): {url!r}: expected kafka://host:port[,host:port...], got {address}"
+    )
+
+
+def test_an_embedded_url_makes_a_broker_started_with_the_app() -> None:
+    """embedded:// makes an EmbeddedKafkaBroker; nothing starts before the app does."""
+    app = App(broker="embedded://")
+    assert isinstance(app.broker, EmbeddedKafkaBroker)
+    assert app.broker.url == "embedded://"
+
+
+async def test_a_whole_run_on_the_embedded_broker_handles_publishes_and_commits() -> None:
+    """On embedded://, a handler reads a JSON order, publishes its result, and the run stops."""
+    app = App(broker="embedded://", graceful_timeout=5)
+    seen: list[str] = []
+    done = anyio.Event()
+
+    @app.subscriber("orders", group="shop")
+    @app.publisher("invoices")
+    async def invoice(order: Order, message: Message) -> dict[str, object]:
+        seen.append(f"{order.item}@{message.offset}")
+        return {"item": order.item, "total": order.quantity * 3}
+
+    @app.subscriber("invoices", group="audit")
+    async def audit(invoice: dict[str, object]) -> None:
+        seen.append(f"invoice {invoice['item']} {invoice['total']}")
+        done.set()
+
+    with anyio.fail_after(30):
+        async with app:
+            await app.publish("orders", Order(item="pear", quantity=2), key="customer-1")
+            await done.wait()
+    assert seen == ["pear@0", "invoice pear 6"]
+    report = app.startup_report
+    assert report is not None
+    assert report.broker == "embedded://"
