@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import partial
 from types import MappingProxyType
 from typing import Any
 
@@ -507,21 +508,45 @@ class Subscribers:
         With ``report_error``, a handler's failure is handed to it instead of being retried
         and dead-lettered (the test client raises it in the test).
         """
-        for handler in handlers:
-            spec = handler.spec
-            what = f"subscriber {spec.name} ({', '.join(spec.topics)})"
-            try:
-                with TimeLimit(limit) as time_limit:
-                    consumer = await broker.subscribe(
-                        Subscription(spec.topics, spec.group, spec.name)
-                    )
-            except Exception as error:
-                raise StartupError(what, describe(error)) from error
-            if time_limit.exceeded:
-                raise StartupTimeoutError(what, limit)
-            loop = SubscriberLoop(handler, consumer, broker, self._shields, report_error)
+        consumers: dict[int, Consumer] = {}
+        failures: list[StartupError] = []
+        # Concurrently: on Kafka each group's first join takes a second or more.
+        async with anyio.create_task_group() as joining:
+            for index, handler in enumerate(handlers):
+                keep = partial(consumers.__setitem__, index)
+                joining.start_soon(self._subscribe, broker, handler, limit, keep, failures)
+        if failures:
+            with self._shields.shield():
+                for consumer in consumers.values():
+                    await consumer.close()
+            raise failures[0]
+        for index, handler in enumerate(handlers):
+            loop = SubscriberLoop(handler, consumers[index], broker, self._shields, report_error)
             self._loops.append(loop)
-            tasks.start_soon(self._run, loop, name=f"subscriber {spec.name}")
+            tasks.start_soon(self._run, loop, name=f"subscriber {handler.spec.name}")
+
+    @staticmethod
+    async def _subscribe(
+        broker: Broker,
+        handler: BoundHandler,
+        limit: float,
+        keep: Callable[[Consumer], None],
+        failures: list[StartupError],
+    ) -> None:
+        """Subscribe one handler within ``limit``; record a failure instead of raising it."""
+        spec = handler.spec
+        what = f"subscriber {spec.name} ({', '.join(spec.topics)})"
+        try:
+            with TimeLimit(limit) as time_limit:
+                consumer = await broker.subscribe(Subscription(spec.topics, spec.group, spec.name))
+        except Exception as error:  # noqa: BLE001  # recorded; start() raises the first
+            failure = StartupError(what, describe(error))
+            failure.__cause__ = error
+            failures.append(failure)
+            return
+        keep(consumer)
+        if time_limit.exceeded:
+            failures.append(StartupTimeoutError(what, limit))
 
     async def _run(self, loop: SubscriberLoop) -> None:
         # Shielded: a cancelled caller (a signal, a cancelled `async with app`) must not cut

@@ -103,7 +103,13 @@ class KafkaBroker:
             heartbeat_interval_ms=max(self._session_timeout_ms // 4, 100),
             **self._options,
         )
-        await consumer.start()
+        try:
+            await consumer.start()
+        except BaseException:
+            # Cut short (a time limit, a stop) or refused: close what was opened.
+            with anyio.CancelScope(shield=True):
+                await consumer.stop()
+            raise
         return KafkaConsumer(consumer, grouped=subscription.group is not None)
 
 

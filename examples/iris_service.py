@@ -1,16 +1,19 @@
 """The iris service: a model set up at startup serves predictions from a topic to a topic.
 
-Run it with ``make demo`` (or ``python -m examples.iris_service``). It starts the app (the
-startup report shows the model trained in a worker thread while the prediction log opens),
-publishes a few flowers and one invalid message, lets the handlers classify and audit them,
-prints what reached each topic, and stops: in-flight work finishes, offsets are committed,
-and the resources are finalized in reverse order.
+Run it with ``make demo`` (or ``python -m examples.iris_service``). It runs on a local
+Kafka-protocol broker started with the app (``embedded://``; set ``DI_LIFESPAN_BROKER`` to
+``kafka://host:9092`` for a real Kafka, or ``memory://``). It starts the app (the startup
+report shows the model trained in a worker thread while the prediction log opens), publishes a
+few flowers and one invalid message, lets the handlers classify and audit them, prints what
+reached each topic, and stops: in-flight work finishes, offsets are committed, and the
+resources are finalized in reverse order.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -58,6 +61,24 @@ class PredictionLog:
         self._file.close()
 
 
+class DeadLetters:
+    """What reached the dead-letter topic, as the operator's report shows it."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._changed = anyio.Event()
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def wait_for(self, count: int) -> None:
+        """Return once ``count`` dead letters were seen."""
+        while len(self.lines) < count:
+            await self._changed.wait()
+
+
 class Resources(Provider):
     """The service's resources: plain dishka generator providers."""
 
@@ -76,8 +97,13 @@ class Resources(Provider):
         log.close()
         print(f"prediction log closed after {log.written} lines")
 
+    dead_letters = provide(DeadLetters, scope=Scope.APP)
 
-app = App(Resources(), settings=Settings)
+
+# A local Kafka-protocol broker unless DI_LIFESPAN_BROKER names another.
+app = App(
+    Resources(), settings=Settings, broker=os.environ.get("DI_LIFESPAN_BROKER") or "embedded://"
+)
 
 
 @app.subscriber("input_data", group="iris")
@@ -93,6 +119,13 @@ async def audit(
 ) -> None:
     """Record each prediction with the flower's key."""
     log.write(f"{(message.key or b'').decode()} -> {prediction.species}")
+
+
+@app.subscriber("input_data.dlq", group="operator", dead_letter=None)
+async def report_dead_letter(message: Message, inbox: FromDishka[DeadLetters]) -> None:
+    """Show the operator each message that was put aside, and why."""
+    kind, error = message.header("x-error-type"), message.header("x-error")
+    inbox.add(f"dead letter {json.loads(message.value)} ({kind}): {error}")
 
 
 @app.after_startup
@@ -114,20 +147,19 @@ async def main() -> None:
     """Run the service, feed it flowers and one bad message, show where everything went."""
     async with app:
         log = await app.container.get(PredictionLog)
+        inbox = await app.container.get(DeadLetters)
         for key, flower in FLOWERS.items():
             await app.publish("input_data", flower, key=key)
         await app.publish("input_data", {"sepal_length": -1}, key="flower-4")
-        with anyio.fail_after(30):
+        with anyio.fail_after(60):
             await log.wait_for(len(FLOWERS))
+            await inbox.wait_for(1)
         print(f"audited: {log.path.read_text().splitlines()[-len(FLOWERS) :]}")
-        broker = app.broker
-        messages = getattr(broker, "messages", None)
-        if messages is not None:  # the memory broker can list what each topic holds
-            for message in messages("input_data.dlq"):
-                kind, error = message.header("x-error-type"), message.header("x-error")
-                print(f"dead letter {json.loads(message.value)} ({kind}): {error}")
+        for line in inbox.lines:
+            print(line)
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)  # its group-join chatter
     anyio.run(main)
