@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import itertools
 import time
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import anyio
 import anyio.lowlevel
+from aiokafka.partitioner import murmur2
 
 from ._broker import Delivery, Subscription, TopicPartition
 from ._errors import ConfigurationError
 from ._message import Message
 
 __all__ = ["MemoryBroker"]
+
+KEY_CACHE = 65_536  # keys whose partition is remembered before the memo starts over
 
 
 # A stored message: value, key, headers (None when there are none), timestamp in ms. A tuple,
@@ -51,8 +53,8 @@ class MemoryBroker:
     """A broker inside the process, for tests and local runs.
 
     ``partitions`` is how many partitions a topic gets when it is first used;
-    ``topic_partitions`` sets it per topic. A message with a key goes to the partition its
-    key hashes to; one without a key to the next partition in turn.
+    ``topic_partitions`` sets it per topic. A message with a key goes to the partition Kafka's
+    default partitioner gives it (murmur2); one without a key to the next partition in turn.
     """
 
     url = "memory://"
@@ -70,6 +72,8 @@ class MemoryBroker:
         self._topics: dict[str, _Topic] = {}
         self._groups: dict[tuple[str, str], _Group] = {}
         self._anonymous = itertools.count(1)
+        # murmur2 in pure Python costs microseconds; keys repeat, so each is hashed once.
+        self._key_partitions: dict[tuple[bytes, int], int] = {}
         # Made only while someone waits: an event per send would cost more than the send.
         self._changed: anyio.Event | None = None
 
@@ -90,10 +94,21 @@ class MemoryBroker:
     ) -> Delivery | None:
         """Store the message in its partition; it is acknowledged at once."""
         log = self._topics.get(topic) or self._topic(topic)
-        partition = next(log.next_keyless) if key is None else zlib.crc32(key) % len(log.partitions)
+        partition = next(log.next_keyless) if key is None else self._partition_of(key, log)
         log.partitions[partition].append((value, key, headers or None, time.time_ns() // 1_000_000))
         self._notify()
         return None
+
+    def _partition_of(self, key: bytes, log: _Topic) -> int:
+        """The partition Kafka's default partitioner (murmur2) gives ``key``, remembered."""
+        count = len(log.partitions)
+        partition = self._key_partitions.get((key, count))
+        if partition is None:
+            if len(self._key_partitions) >= KEY_CACHE:
+                self._key_partitions.clear()
+            partition = (murmur2(key) & 0x7FFFFFFF) % count
+            self._key_partitions[(key, count)] = partition
+        return partition
 
     async def subscribe(self, subscription: Subscription) -> _MemoryConsumer:
         """A consumer of the subscription's topics, taking its share of the group's partitions."""

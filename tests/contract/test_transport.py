@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import anyio
+from aiokafka.partitioner import murmur2
 
 from di_lifespan import Broker, Consumer, Message, Subscription
 
@@ -112,4 +113,19 @@ async def test_keys_pick_one_partition_each(broker: Broker, topic: str) -> None:
     for message in messages:
         partitions.setdefault(message.key, set()).add(message.partition)
     assert all(len(used) == 1 for used in partitions.values())
+    await consumer.close()
+
+
+async def test_keys_land_where_kafkas_default_partitioner_puts_them(
+    broker: Broker, topic: str
+) -> None:
+    """Both transports place a key on the partition murmur2 gives it, as Kafka clients do."""
+    keys = [f"customer-{index}".encode() for index in range(12)]
+    for key in keys:
+        await send_all(broker, topic, [b"order"], key=key)
+    consumer = await broker.subscribe(Subscription((topic,), "group-f", "reader"))
+    messages = await fetch_exactly(consumer, len(keys))
+    placed = {message.key: message.partition for message in messages}
+    assert placed == {key: (murmur2(key) & 0x7FFFFFFF) % 3 for key in keys}
+    assert len(set(placed.values())) > 1  # the keys really spread
     await consumer.close()
