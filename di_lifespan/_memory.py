@@ -134,12 +134,24 @@ class MemoryBroker:
         ]
 
     def end_offsets(self, topic: str) -> list[int]:
-        """The offset the next message of each partition will get."""
-        return [len(records) for records in self._topic(topic).partitions]
+        """The offset the next message of each partition will get (a query: creates nothing).
+
+        A topic nobody used yet has the partitions it would get, all at 0.
+        """
+        log = self._topics.get(topic)
+        if log is None:
+            return [0] * self._topic_partitions.get(topic, self._default_partitions)
+        return [len(records) for records in log.partitions]
 
     def committed(self, group: str, topic: str) -> list[int]:
-        """The group's committed offsets on ``topic``, one per partition."""
-        return list(self._group(group, topic, from_end=False).committed)
+        """The group's committed offsets on ``topic``, one per partition (creates nothing).
+
+        A group that never committed on the topic is at 0 on each partition.
+        """
+        state = self._groups.get((group, topic))
+        if state is None:
+            return [0] * len(self.end_offsets(topic))
+        return list(state.committed)
 
     def pending(self) -> int:
         """How many stored messages some subscribed group has not committed yet."""
@@ -181,10 +193,9 @@ class MemoryBroker:
     def _group(self, group: str, topic: str, *, from_end: bool) -> _Group:
         state = self._groups.get((group, topic))
         if state is None:
-            start = (
-                self.end_offsets(topic) if from_end else [0] * len(self._topic(topic).partitions)
-            )
-            state = self._groups[(group, topic)] = _Group(list(start), list(start))
+            log = self._topic(topic)  # a subscription makes its topics exist
+            start = [len(records) if from_end else 0 for records in log.partitions]
+            state = self._groups[(group, topic)] = _Group(list(start), start)
         return state
 
     def _fetch(self, consumer: _MemoryConsumer, max_records: int) -> list[Message]:

@@ -388,3 +388,14 @@ async def test_a_huge_error_message_is_cut_in_x_error_on_a_character_boundary(
     assert text.endswith(f"... (cut; {full} bytes in all)")
     retry_line = next(r for r in caplog.records if "retrying" in r.getMessage())
     assert len(retry_line.getMessage()) <= 3000
+
+
+def test_queries_on_the_memory_broker_create_nothing() -> None:
+    """end_offsets and committed on unknown topics and groups answer zeros and create nothing."""
+    broker = MemoryBroker(partitions=2, topic_partitions={"orders": 4})
+    assert broker.end_offsets("orders") == [0, 0, 0, 0]
+    assert broker.committed("nobody", "events") == [0, 0]
+    assert broker.messages("events") == []
+    assert broker.pending_by_topic() == {}
+    assert broker._topics == {}
+    assert broker._groups == {}
