@@ -257,7 +257,8 @@ def describe(error: BaseException) -> str:
         listed = "; ".join(describe(leaf) for leaf in leaves[:LISTED_ERRORS])
         return shorten(f"{len(leaves)} errors: {listed}", DESCRIBE_LIMIT)
     text = str(error)
-    described = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    name = type(error).__name__
+    described = text if text.startswith(f"{name}:") else f"{name}: {text}" if text else name
     return shorten(described, DESCRIBE_LIMIT)
 
 

@@ -13,13 +13,22 @@ off there: aiokafka's InitProducerId request fails on Tansu.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import anyio
 import anyio.to_thread
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
 from aiokafka.structs import ConsumerRecord, TopicPartition
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from ._broker import Delivery, Subscription
 from ._embedded import EmbeddedKafka
@@ -27,10 +36,13 @@ from ._message import Message
 
 __all__ = ["EmbeddedKafkaBroker", "KafkaBroker", "KafkaConsumer"]
 
+logger = logging.getLogger("di_lifespan")
+
 # Short enough for a quick first join on the embedded broker (it holds a first join for half
 # the session timeout), long enough for a loaded machine's heartbeats.
 SESSION_TIMEOUT_MS = 6_000
 EMBEDDED_SESSION_TIMEOUT_MS = 2_000
+CONNECT_TIMEOUT = 15.0  # seconds an unreachable broker is tried again at startup
 POLL_MS = 100  # how long a fetch waits before it looks whether the consumer was stopped
 
 
@@ -39,7 +51,9 @@ class KafkaBroker:
 
     ``client_options`` go to both aiokafka clients as they are (``security_protocol``,
     ``sasl_mechanism``, ``ssl_context``, ``client_id``...). ``idempotent`` turns the
-    producer's idempotence on (the default; the embedded broker cannot serve it).
+    producer's idempotence on (the default; the embedded broker cannot serve it). A broker
+    that does not answer at startup is tried again, with backoff, for ``connect_timeout``
+    seconds (each attempt logged) before the start fails.
     """
 
     def __init__(
@@ -49,6 +63,7 @@ class KafkaBroker:
         client_options: Mapping[str, Any] | None = None,
         idempotent: bool = True,
         session_timeout_ms: int = SESSION_TIMEOUT_MS,
+        connect_timeout: float = CONNECT_TIMEOUT,
         url: str | None = None,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
@@ -56,18 +71,47 @@ class KafkaBroker:
         self._options = dict(client_options or {})
         self._idempotent = idempotent
         self._session_timeout_ms = session_timeout_ms
+        self._connect_timeout = connect_timeout
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
-        """Connect the producer."""
+        """Connect the producer; an unreachable broker is tried again until connect_timeout."""
+        retrying = AsyncRetrying(
+            stop=stop_after_delay(self._connect_timeout),
+            wait=wait_exponential(multiplier=0.1, max=2.0),
+            retry=retry_if_exception_type(KafkaConnectionError),
+            sleep=anyio.sleep,
+            reraise=True,
+            before_sleep=self._log_retry,
+        )
+        async for attempt in retrying:
+            with attempt:
+                self._producer = await self._connect_producer()
+
+    async def _connect_producer(self) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap_servers,
             acks="all",
             enable_idempotence=self._idempotent,
             **self._options,
         )
-        await producer.start()
-        self._producer = producer
+        try:
+            await producer.start()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await producer.stop()  # a producer that failed to start still holds sockets
+            raise
+        return producer
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        logger.warning(
+            "broker %s unreachable (attempt %d), trying again for up to %g s: %s",
+            self.url,
+            state.attempt_number,
+            self._connect_timeout,
+            error,
+        )
 
     async def stop(self) -> None:
         """Flush what is queued and disconnect the producer."""

@@ -6,8 +6,8 @@ import anyio
 import pytest
 from pydantic import BaseModel
 
-from di_lifespan import App, ConfigurationError, Message
-from di_lifespan.kafka import EmbeddedKafkaBroker, KafkaBroker
+from di_lifespan import App, ConfigurationError, Message, StartupError
+from di_lifespan.kafka import EmbeddedKafka, EmbeddedKafkaBroker, KafkaBroker
 
 
 class Order(BaseModel):
@@ -70,3 +70,40 @@ async def test_a_whole_run_on_the_embedded_broker_handles_publishes_and_commits(
     report = app.startup_report
     assert report is not None
     assert report.broker == "embedded://"
+
+
+async def test_an_unreachable_broker_fails_the_start_naming_it_after_its_retries(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Nobody listening: connecting is tried again until connect_timeout, then StartupError."""
+    app = App(broker=KafkaBroker("127.0.0.1:1", connect_timeout=0.3))
+    began = anyio.current_time()
+    with pytest.raises(StartupError) as caught:
+        async with app:
+            pytest.fail("the app must not start")
+    assert anyio.current_time() - began >= 0.3
+    assert str(caught.value).startswith(
+        "the broker (kafka://127.0.0.1:1) failed to start: KafkaConnectionError: Unable to"
+    )
+    retries = [r.getMessage() for r in caplog.records if "unreachable (attempt" in r.getMessage()]
+    assert retries
+    assert retries[0].startswith("broker kafka://127.0.0.1:1 unreachable (attempt 1)")
+
+
+async def test_a_broker_that_comes_up_late_is_waited_for() -> None:
+    """An app started before its broker connects once the broker answers."""
+    kafka = EmbeddedKafka()
+    app = App(broker=KafkaBroker(kafka.bootstrap_servers, idempotent=False, connect_timeout=20))
+    try:
+        async with anyio.create_task_group() as group:
+
+            async def start_the_broker_late() -> None:
+                await anyio.sleep(0.5)
+                await anyio.to_thread.run_sync(kafka.start)
+
+            group.start_soon(start_the_broker_late)
+            with anyio.fail_after(30):
+                async with app:
+                    assert app.status == "running"
+    finally:
+        await anyio.to_thread.run_sync(kafka.stop)
