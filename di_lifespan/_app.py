@@ -24,6 +24,7 @@ from ._errors import (
     ConfigurationError,
     LifespanStateError,
     ShutdownError,
+    ShutdownStepError,
     StartupError,
 )
 from ._hooks import Hook, function_name
@@ -132,6 +133,7 @@ class App:
         self._last_report: StartupReport | None = None
         self._forced_stop = False
         self._last_served = False
+        self._last_failures: list[ShutdownStepError] = []
 
     # --- handlers and publishing ----------------------------------------------------------
 
@@ -280,6 +282,7 @@ class App:
             self._run = None
             self._last_report = run.report
             self._last_served = run.served
+            self._last_failures = list(run.failures)
             self._forced_stop = self._forced_stop or run.forced
         self._raise_outcome(run, body_error)
 
@@ -393,6 +396,8 @@ class App:
                     if serving.cancelled_caught and not self._last_served:
                         logger.warning("stopped by a signal before startup finished")
                         return 1
+                    if self._last_failures:
+                        return 1  # a stop by signal: each failed step was logged as it failed
                 except StartupError as error:
                     _log_one_line(error)
                     for note in getattr(error, "__notes__", ()):

@@ -184,9 +184,15 @@ class SubscriberLoop:
             # stops the app like a transport failure: gracefully, and named.
             raise DeliveryError(self.name, describe(error)) from error
         finally:
-            with self._shields.shield():
-                await self._consumer.close()
-            self.finished.set()
+            try:
+                with self._shields.shield():
+                    await self._consumer.close()
+            except Exception as error:
+                raise DeliveryError(
+                    self.name, f"leaving its consumer group failed: {describe(error)}"
+                ) from error
+            finally:
+                self.finished.set()
 
     def deliver(self) -> None:
         """Start handling messages (the app is ready)."""
@@ -301,7 +307,8 @@ class SubscriberLoop:
             wait=wait_exponential(multiplier=retry.backoff, max=retry.max_backoff),
             sleep=self._pause,
             reraise=True,
-            retry=retry_if_not_exception_type(_NOT_RETRIED),
+            # A cancellation (a stop, the graceful timeout) ends the retries: never retried.
+            retry=retry_if_not_exception_type((*_NOT_RETRIED, anyio.get_cancelled_exc_class())),
             before_sleep=lambda state: self._log_retry(message, state),
         )
         try:
@@ -536,6 +543,7 @@ class Subscribers:
         """Subscribe one handler within ``limit``; record a failure instead of raising it."""
         spec = handler.spec
         what = f"subscriber {spec.name} ({', '.join(spec.topics)})"
+        consumer: Consumer | None = None
         try:
             with TimeLimit(limit) as time_limit:
                 consumer = await broker.subscribe(Subscription(spec.topics, spec.group, spec.name))
@@ -544,7 +552,8 @@ class Subscribers:
             failure.__cause__ = error
             failures.append(failure)
             return
-        keep(consumer)
+        if consumer is not None:  # also one that came late: start() closes it
+            keep(consumer)
         if time_limit.exceeded:
             failures.append(StartupTimeoutError(what, limit))
 

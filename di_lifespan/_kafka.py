@@ -20,7 +20,12 @@ from typing import Any
 import anyio
 import anyio.to_thread
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaConnectionError,
+    RebalanceInProgressError,
+)
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from tenacity import (
     AsyncRetrying,
@@ -175,7 +180,7 @@ class EmbeddedKafkaBroker(KafkaBroker):
         try:
             await super().start()
         except BaseException:
-            await anyio.to_thread.run_sync(self._kafka.stop)
+            await self._stop_process()  # also when the start was cut short
             raise
 
     async def stop(self) -> None:
@@ -183,6 +188,11 @@ class EmbeddedKafkaBroker(KafkaBroker):
         try:
             await super().stop()
         finally:
+            await self._stop_process()
+
+    async def _stop_process(self) -> None:
+        # Shielded: a cancelled or forced stop must not leave the broker process running.
+        with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(self._kafka.stop)
 
 
@@ -203,13 +213,29 @@ class KafkaConsumer:
         return []
 
     async def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
-        """Commit, per partition, the next offset to read (nothing without a group)."""
-        if self._grouped and offsets:
-            await self._consumer.commit(
-                {
-                    TopicPartition(topic, partition): offset
-                    for (topic, partition), offset in offsets.items()
-                }
+        """Commit, per partition, the next offset to read (nothing without a group).
+
+        Offsets of partitions this consumer no longer owns (a rebalance gave them to another
+        member) are dropped, logged: their next owner reads those messages again.
+        """
+        if not self._grouped or not offsets:
+            return
+        owned = self._consumer.assignment()
+        wanted = {
+            TopicPartition(topic, partition): offset
+            for (topic, partition), offset in offsets.items()
+        }
+        kept = {partition: offset for partition, offset in wanted.items() if partition in owned}
+        try:
+            if kept:
+                await self._consumer.commit(kept)
+        except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as error:
+            kept = {}
+            logger.warning("commit dropped, the group is rebalancing: %s", error)
+        if dropped := sorted(f"{tp.topic}[{tp.partition}]" for tp in wanted.keys() - kept.keys()):
+            logger.info(
+                "offsets of partitions given to another member not committed: %s",
+                ", ".join(dropped),
             )
 
     def stop(self) -> None:

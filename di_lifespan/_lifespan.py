@@ -453,6 +453,10 @@ class _HeldContext:
 
     async def _wait_for_leave(self) -> None:
         """Wait for the shutdown; stop the app early if a task the manager runs fails."""
+        if self._scope.cancel_called:  # entered after its deadline: a late entry, not a failure
+            with anyio.CancelScope(shield=True):
+                await self._leave.wait()
+            return
         try:
             await self._leave.wait()
         except anyio.get_cancelled_exc_class():
@@ -465,6 +469,12 @@ class _HeldContext:
                 await self._leave.wait()
 
     async def _exit(self, limit: float) -> None:
+        if self._scope.cancel_called and not self._shields.forced:
+            # Its entry overran startup_timeout, which cancelled the scope it runs in: its
+            # exit runs, but is cut at its first await.
+            self.exit_failure = ShutdownStepError(
+                self.what, "was cut short: its entry had overrun startup_timeout"
+            )
         began = anyio.current_time()
         self._scope.deadline = began + limit
         exception = self._exception
@@ -475,16 +485,18 @@ class _HeldContext:
                 exception.__traceback__ if exception is not None else None,
             )
         except Exception as error:  # noqa: BLE001  # every step runs; this one's error is reported
-            if error is not exception:
+            if error is not exception and self.exit_failure is None:
                 self.exit_failure = ShutdownStepError(self.what, describe(error))
                 self.exit_failure.__cause__ = error
             return
-        if anyio.current_time() - began > limit:
+        if self.exit_failure is None and anyio.current_time() - began > limit:
             self.exit_failure = ShutdownTimeoutError(self.what, limit)
 
     def _note_cancelled(self, startup_limit: float, shutdown_limit: float) -> None:
         if not self._inside:
             self.enter_failure = StartupTimeoutError(self.what, startup_limit)
+        elif self.exit_failure is not None:
+            return  # already said what cut it short
         elif self._shields.forced:
             self.exit_failure = ShutdownStepError(self.what, "was cancelled by a forced stop")
         else:

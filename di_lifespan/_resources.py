@@ -336,6 +336,11 @@ class ResourceSet:
         errors: list[ShutdownStepError] = []
         for resource in self._resources.values():
             resource.closing.set()
+        # A setup that could not be interrupted may still register its finalizer: wait for
+        # every setup to end first (a forced stop cuts this wait short).
+        with self._shields.shield():
+            for resource in self._resources.values():
+                await resource.settled.wait()
         try:
             for container in _containers(self._container):
                 stack = _finalizer_stack(container)
@@ -356,8 +361,10 @@ class ResourceSet:
     async def _run_job(self, owner: _Resource | None, job: _Job) -> ShutdownStepError | None:
         """Run the finalizer in its resource's task (here when that task is gone)."""
         try:
-            if owner is None:
-                raise anyio.ClosedResourceError  # noqa: TRY301  # no task of its own: run it here
+            if owner is None or (owner.scope.cancel_called and not self._forced):
+                # No task of its own, or one whose scope a failed start or a time limit
+                # cancelled although its setup completed: run it here, in a fresh scope.
+                raise anyio.ClosedResourceError  # noqa: TRY301  # the fallback below
             owner.jobs_in.send_nowait(job)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             return await self._finalize_here(job)

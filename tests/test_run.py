@@ -69,6 +69,16 @@ def test_a_signal_during_startup_exits_with_1_saying_so() -> None:
     assert " ERROR " not in stderr
 
 
+def test_a_failed_finalizer_after_a_signal_exits_with_1() -> None:
+    """A stop by SIGTERM whose shutdown fails exits with status 1, the failure logged."""
+    process = start("bad-finalizer")
+    read_until(process, "ready")
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 1, stderr
+    assert "finalizer of Pool failed: RuntimeError: pool did not close cleanly" in stderr
+
+
 def test_a_second_interrupt_exits_at_once() -> None:
     """While a finalizer hangs, a second SIGINT cuts the shutdown short: exit status 130."""
     process = start("hang")

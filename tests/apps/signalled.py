@@ -1,6 +1,7 @@
 """An app run with app.run() in a child process by test_run.py; it prints what happens.
 
-Usage: python -m tests.apps.signalled [ok|hang|broken|crash|busy|slow-start] [--debug]
+Usage: python -m tests.apps.signalled [ok|hang|broken|crash|busy|slow-start|bad-finalizer]
+[--debug]
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class Resources(Provider):
         print("finalizer started", flush=True)
         if self.mode == "hang":
             await anyio.sleep_forever()
+        if self.mode == "bad-finalizer":
+            raise RuntimeError("pool did not close cleanly")
         print("finalizer done", flush=True)
 
 
