@@ -10,6 +10,7 @@ offsets. A message whose handling did not finish is never committed, so it is re
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
@@ -69,6 +70,10 @@ DEAD_LETTER_HEADERS = MappingProxyType(
     }
 )
 MAX_RECORDS = 500
+# A commit comes at least this often while a batch is being handled, so that a crash or a
+# rebalance re-delivers at most this much: messages handled, or seconds.
+COMMIT_EVERY = 100
+COMMIT_INTERVAL = 1.0
 MAX_ERROR_HEADER = 4096  # bytes of x-error: a dead letter must stay as sendable as its input
 ErrorReport = Callable[[BaseException], None]
 
@@ -156,6 +161,8 @@ class SubscriberLoop:
         self._deliveries: list[Delivery] = []
         self._done: dict[TopicPartition, int] = {}
         self._settling = anyio.Lock()
+        self._since_commit = 0
+        self._committed_at = time.monotonic()
         self._stopping = False
         self._stopped = anyio.Event()  # stop() was called: cuts retry pauses short
         self._open = anyio.Event()  # deliver() or stop() was called
@@ -214,7 +221,17 @@ class SubscriberLoop:
                 if self._stopping:
                     break
                 await self.deliver_one(message)
+                if self.commit_due():
+                    await self.settle()
             await self.settle()
+
+    def commit_due(self) -> bool:
+        """Count one more message done; whether it is time to commit in mid-batch."""
+        self._since_commit += 1
+        return (
+            self._since_commit >= COMMIT_EVERY
+            or time.monotonic() - self._committed_at >= COMMIT_INTERVAL
+        )
 
     async def deliver_one(self, message: Message) -> None:
         """Handle one message to its end (result published, or dead-lettered), mark it done.
@@ -276,6 +293,8 @@ class SubscriberLoop:
     async def settle(self) -> None:
         """Wait for the acknowledgement of every message sent so far, then commit what is done."""
         async with self._settling:
+            self._since_commit = 0
+            self._committed_at = time.monotonic()
             done = self._done.copy()
             self._done.clear()
             if self._deliveries:
@@ -478,6 +497,8 @@ class _PartitionWorkers:
                 self._queued -= 1
                 self._progress.set()
                 self._progress = anyio.Event()
+                if self._loop.commit_due():
+                    await self._loop.settle()
             del self._queues[key]
         await self._loop.settle()
 

@@ -399,3 +399,27 @@ def test_queries_on_the_memory_broker_create_nothing() -> None:
     assert broker.pending_by_topic() == {}
     assert broker._topics == {}
     assert broker._groups == {}
+
+
+@pytest.mark.parametrize("max_concurrency", [1, 2])
+async def test_a_long_batch_is_committed_as_it_goes_not_only_at_its_end(
+    max_concurrency: int,
+) -> None:
+    """Offsets are committed every 100 messages mid-batch, bounding what a crash re-delivers."""
+    broker = MemoryBroker()
+    app = App(broker=broker)
+    seen_committed: list[int] = []
+
+    @app.subscriber("jobs", group="workers", max_concurrency=max_concurrency)
+    async def work(number: int) -> None:
+        if number == 250:
+            (committed,) = broker.committed("workers", "jobs")
+            seen_committed.append(committed)
+
+    for number in range(300):
+        await broker.send("jobs", str(number).encode())  # one batch, fetched at once
+    async with app:
+        await drained(broker)
+    assert seen_committed
+    assert seen_committed[0] >= 200
+    assert broker.committed("workers", "jobs") == [300]
