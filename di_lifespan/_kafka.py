@@ -49,6 +49,7 @@ SESSION_TIMEOUT_MS = 6_000
 EMBEDDED_SESSION_TIMEOUT_MS = 2_000
 CONNECT_TIMEOUT = 15.0  # seconds an unreachable broker is tried again at startup
 POLL_MS = 100  # how long a fetch waits before it looks whether the consumer was stopped
+PIN_TIMEOUT = 5.0  # seconds a consumer without a group waits to learn its partitions
 
 
 class KafkaBroker:
@@ -154,6 +155,8 @@ class KafkaBroker:
         )
         try:
             await consumer.start()
+            if subscription.group is None:
+                await _pin_positions(consumer)
         except BaseException:
             # Cut short (a time limit, a stop) or refused: close what was opened.
             with anyio.CancelScope(shield=True):
@@ -194,6 +197,20 @@ class EmbeddedKafkaBroker(KafkaBroker):
         # Shielded: a cancelled or forced stop must not leave the broker process running.
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(self._kafka.stop)
+
+
+async def _pin_positions(consumer: AIOKafkaConsumer) -> None:
+    """Fix where a consumer without a group starts: at the end of each partition, now.
+
+    Left alone, the position is looked up at the first fetch, so a message sent between the
+    subscribe and that fetch would be skipped.
+    """
+    with anyio.move_on_after(PIN_TIMEOUT):
+        # A topic that exists is assigned within moments; aiokafka has no event for it.
+        while not consumer.assignment():  # noqa: ASYNC110  # polling is all there is
+            await anyio.sleep(0.01)
+    for partition in consumer.assignment():
+        await consumer.position(partition)
 
 
 class KafkaConsumer:
