@@ -26,6 +26,7 @@ from ._errors import (
     ShutdownError,
     ShutdownStepError,
     StartupError,
+    log_error,
 )
 from ._hooks import Hook, function_name
 from ._lifespan import AppStatus, LifespanPlan, LifespanRun
@@ -399,7 +400,7 @@ class App:
                     if self._last_failures:
                         return 1  # a stop by signal: each failed step was logged as it failed
                 except StartupError as error:
-                    _log_one_line(error)
+                    log_error(error)
                     for note in getattr(error, "__notes__", ()):
                         logger.error("%s", note)  # noqa: TRY400  # one line each; no traceback
                     return 1
@@ -420,11 +421,6 @@ class App:
             elif received == signal.SIGINT:
                 logger.warning("second interrupt: cancelling the rest of the shutdown")
                 self.force_stop()
-
-
-def _log_one_line(error: BaseException) -> None:
-    debugging = logger.isEnabledFor(logging.DEBUG)
-    logger.error("%s", error, exc_info=error if debugging else None)
 
 
 def _seconds(where: str, value: Any) -> float:

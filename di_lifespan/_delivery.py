@@ -38,7 +38,9 @@ from ._errors import (
     ShutdownTimeoutError,
     StartupError,
     StartupTimeoutError,
+    debug_traceback,
     describe,
+    log_error,
 )
 from ._handlers import BoundHandler, InvalidBodyError
 from ._limits import StopShields, TimeLimit, is_stray_cancellation
@@ -377,8 +379,7 @@ class SubscriberLoop:
         attempts = message.attempt
         topic = self._dead_letter_topic(message)
         # One line per failure; the handler's traceback when debug logging is on.
-        debugging = logger.isEnabledFor(logging.DEBUG)
-        traceback = error if debugging and not isinstance(error, InvalidBodyError) else None
+        traceback = None if isinstance(error, InvalidBodyError) else debug_traceback(error)
         if topic is None:
             logger.error(
                 "handler %s: %s %s; dropped after %d attempt(s) (dead_letter=None)",
@@ -623,5 +624,5 @@ class Subscribers:
 def _crash(error: DeliveryError) -> ShutdownStepError:
     failure = ShutdownStepError(f"subscriber {error.subscriber}", error.reason)
     failure.__cause__ = error
-    logger.error("%s", error, exc_info=error if logger.isEnabledFor(logging.DEBUG) else None)
+    log_error(error)
     return failure

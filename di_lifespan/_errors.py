@@ -19,6 +19,7 @@ Every error derives from ``DiLifespanError``::
 
 from __future__ import annotations
 
+import logging
 import reprlib
 from collections.abc import Sequence
 from typing import Any, Self
@@ -238,6 +239,21 @@ class ShutdownError(DiLifespanError, ExceptionGroup[ShutdownStepError]):
 EXCERPT_LIMIT = 200  # characters of one input value, field path or pydantic message
 DESCRIBE_LIMIT = 2000  # characters of a whole description
 LISTED_ERRORS = 10  # fields of a ValidationError named one by one
+
+
+def debug_traceback(error: BaseException | None) -> BaseException | None:
+    """``error``, for a log record's ``exc_info``, only while DEBUG logging is on."""
+    debugging = logging.getLogger("di_lifespan").isEnabledFor(logging.DEBUG)
+    return error if debugging else None
+
+
+def log_error(error: BaseException, traceback: BaseException | None = None) -> None:
+    """Log ``error`` as one ERROR line; operators read one line per failure.
+
+    The traceback (of ``traceback``, else of ``error``) is added with DEBUG logging only.
+    """
+    shown = debug_traceback(traceback if traceback is not None else error)
+    logging.getLogger("di_lifespan").error("%s", error, exc_info=shown)
 
 
 def describe(error: BaseException) -> str:

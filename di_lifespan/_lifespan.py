@@ -45,6 +45,7 @@ from ._errors import (
     StartupError,
     StartupTimeoutError,
     describe,
+    log_error,
 )
 from ._graph import ResourceGraph, key_name
 from ._handlers import BoundHandler, HandlerSpec
@@ -383,7 +384,7 @@ class LifespanRun:
         elif time_limit.exceeded:
             failure = ShutdownTimeoutError(step, limit)
         if failure is not None:
-            log_failure(failure)
+            log_error(failure, failure.__cause__)
         return failure
 
 
@@ -510,14 +511,8 @@ class _HeldContext:
             await self.exited.wait()
         if self.exit_failure is None:
             return []
-        log_failure(self.exit_failure)
+        log_error(self.exit_failure, self.exit_failure.__cause__)
         return [self.exit_failure]
-
-
-def log_failure(failure: ShutdownStepError) -> None:
-    """One line per failed step; the traceback only when debug logging is on."""
-    debugging = logger.isEnabledFor(logging.DEBUG)
-    logger.error("%s", failure, exc_info=failure.__cause__ if debugging else None)
 
 
 def _per_resource_limits(

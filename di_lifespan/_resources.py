@@ -39,6 +39,7 @@ from ._errors import (
     StartupError,
     StartupTimeoutError,
     describe,
+    log_error,
 )
 from ._graph import ResourceGraph
 from ._limits import StopShields, TimeLimit, is_stray_cancellation
@@ -350,7 +351,7 @@ class ResourceSet:
                     job = _Job(item, f"finalizer of {name}", exception)
                     error = await self._run_job(owner, job)
                     if error is not None:
-                        logger.error("%s", error, exc_info=_traceback(error))
+                        log_error(error, error.__cause__)
                         errors.append(error)
         finally:
             for resource in self._resources.values():
@@ -434,11 +435,6 @@ def _finalizer_outcome(
     failure = ShutdownStepError(step, describe(cause))
     failure.__cause__ = cause
     return failure
-
-
-def _traceback(error: BaseException) -> BaseException | None:
-    """A traceback for the log only when debugging: operators read one line per failure."""
-    return error.__cause__ if logger.isEnabledFor(logging.DEBUG) else None
 
 
 async def _advance(item: Exit, exception: BaseException | None) -> bool:
