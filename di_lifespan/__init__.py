@@ -7,9 +7,10 @@ concurrently and each within a time limit, and finalizes them in reverse order a
 from dishka import FromDishka, Provider, Scope, from_context, provide
 
 from ._app import App, AppStatus
-from ._broker import Broker, Consumer, Subscription
+from ._broker import Assignment, Broker, Consumer, PartitionStatus, Subscription
 from ._delivery import DEAD_LETTER_HEADERS, Outgoing, Publisher
 from ._errors import (
+    BrokerUnavailableError,
     ConfigurationError,
     DeliveryError,
     DependencyError,
@@ -18,11 +19,13 @@ from ._errors import (
     EncodingError,
     GraphError,
     LifespanStateError,
+    SendRejectedError,
     ShutdownError,
     ShutdownStepError,
     ShutdownTimeoutError,
     StartupError,
     StartupTimeoutError,
+    TransportError,
 )
 from ._handlers import Retry
 from ._memory import MemoryBroker
@@ -34,7 +37,9 @@ __all__ = [
     "DEAD_LETTER_HEADERS",
     "App",
     "AppStatus",
+    "Assignment",
     "Broker",
+    "BrokerUnavailableError",
     "ConfigurationError",
     "Consumer",
     "DeliveryError",
@@ -49,12 +54,14 @@ __all__ = [
     "Message",
     "Outcome",
     "Outgoing",
+    "PartitionStatus",
     "Provider",
     "Publisher",
     "ResourceStart",
     "Retry",
     "Router",
     "Scope",
+    "SendRejectedError",
     "ShutdownError",
     "ShutdownStepError",
     "ShutdownTimeoutError",
@@ -62,6 +69,7 @@ __all__ = [
     "StartupReport",
     "StartupTimeoutError",
     "Subscription",
+    "TransportError",
     "from_context",
     "provide",
 ]

@@ -30,7 +30,7 @@ the body's UTF-8 text: the fast paths, and what producers that send plain text e
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +38,7 @@ import pydantic
 from pydantic_core import to_json
 
 from ._errors import EncodingError, describe
-from ._message import Headers, Message
+from ._message import HeaderPairs, Headers, Message
 
 __all__ = [
     "BINARY",
@@ -56,8 +56,8 @@ BINARY = b"application/octet-stream"
 
 Validate = Callable[[Any], Any]
 _BINARY_TYPES = (bytes, bytearray, memoryview)  # a tuple: an X | Y union is built per call
-Encoded = tuple[bytes, bytes | None, dict[str, bytes] | None]
-"""A message as sent: value, key and headers."""
+Encoded = tuple[bytes, bytes | None, HeaderPairs | None]
+"""A message as sent: value, key and headers as (name, value) pairs."""
 
 
 def encode(value: Any, key: str | bytes | None = None, headers: Headers | None = None) -> Encoded:
@@ -80,8 +80,10 @@ def encode(value: Any, key: str | bytes | None = None, headers: Headers | None =
     if key is not None and not isinstance(key, bytes):
         key = _key(key)
     encoded = _headers(headers) if headers else None
-    if content_type is not None:
-        encoded = {CONTENT_TYPE: content_type, **(encoded or {})}
+    if content_type is not None and not (
+        encoded and any(name == CONTENT_TYPE for name, _ in encoded)
+    ):
+        encoded = [(CONTENT_TYPE, content_type), *(encoded or ())]
     return body, key, encoded
 
 
@@ -91,13 +93,25 @@ def _key(key: object) -> bytes:
     raise EncodingError(f"a key of type {type(key).__name__}", "a key must be str, bytes or None")
 
 
-def _headers(headers: Headers) -> dict[str, bytes]:
-    encoded = {}
-    for name, value in headers.items():
+def _headers(headers: Headers) -> list[tuple[str, bytes]]:
+    """Headers as (name, value) pairs in order; a mapping's in its iteration order."""
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    encoded = []
+    for pair in pairs:
+        if not isinstance(pair, tuple) or len(pair) != 2:  # noqa: PLR2004  # (name, value)
+            raise EncodingError(
+                f"a header of type {type(pair).__name__}",
+                "headers are a mapping or a sequence of (name, value) pairs",
+            )
+        name, value = pair
+        if not isinstance(name, str):
+            raise EncodingError(
+                f"a header name of type {type(name).__name__}", "a header name must be str"
+            )
         if isinstance(value, str):
-            encoded[name] = value.encode()
+            encoded.append((name, value.encode()))
         elif isinstance(value, bytes):
-            encoded[name] = value
+            encoded.append((name, value))
         else:
             raise EncodingError(
                 f"header {name!r} of type {type(value).__name__}",

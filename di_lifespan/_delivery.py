@@ -12,14 +12,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import partial
 from types import MappingProxyType
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 from tenacity import (
     AsyncRetrying,
@@ -34,6 +34,7 @@ from ._codec import encode
 from ._errors import (
     DeliveryError,
     EncodingError,
+    SendRejectedError,
     ShutdownStepError,
     ShutdownTimeoutError,
     StartupError,
@@ -57,8 +58,8 @@ __all__ = [
 
 logger = logging.getLogger("di_lifespan")
 
-# The acknowledgements the message being handled is waiting for, set per subscriber loop.
-_pending: ContextVar[list[Delivery] | None] = ContextVar("di_lifespan_pending", default=None)
+# A send and the input it was caused by, and whether it is that input's dead letter.
+_Sent = tuple[Delivery, Message, bool]
 
 # What each header of a dead letter says, by the name our code and users' code look it up with.
 DEAD_LETTER_HEADERS = MappingProxyType(
@@ -71,7 +72,10 @@ DEAD_LETTER_HEADERS = MappingProxyType(
         "attempts": "x-attempts",
     }
 )
-MAX_RECORDS = 500
+MAX_RECORDS = 500  # messages a fetch returns at most
+PARTITION_QUEUE = 500  # a partition with this many messages queued is paused until half
+TURN = 100  # messages a worker handles from one partition while others wait for a worker
+MAX_UNACKED = 10_000  # sends awaiting acknowledgement before handlers wait for the committer
 # A commit comes at least this often while a batch is being handled, so that a crash or a
 # rebalance re-delivers at most this much: messages handled, or seconds.
 COMMIT_EVERY = 100
@@ -116,11 +120,30 @@ class Publisher:
         delivery = await self._broker.send(topic, body, key=key_bytes, headers=header_bytes)
         if delivery is None:
             return
-        pending = _pending.get()
-        if pending is None:
+        tracker = _pending.get()
+        if tracker is None:
             await delivery
         else:
-            pending.append(delivery)
+            tracker.add(delivery)
+
+
+class _Tracker:
+    """A worker's message in hand: what it publishes is acknowledged before its commit."""
+
+    __slots__ = ("_loop", "message")
+
+    def __init__(self, loop: SubscriberLoop) -> None:
+        self._loop = loop
+        self.message: Message | None = None
+
+    def add(self, delivery: Delivery) -> None:
+        message = self.message
+        assert message is not None  # only set while a message is handled  # noqa: S101
+        self._loop.add_delivery(delivery, message)
+
+
+# The message in hand of the worker a handler runs in, set per worker task.
+_pending: ContextVar[_Tracker | None] = ContextVar("di_lifespan_pending", default=None)
 
 
 class _Interrupted(Exception):  # noqa: N818  # not an error: the app stopped during a retry pause
@@ -128,31 +151,42 @@ class _Interrupted(Exception):  # noqa: N818  # not an error: the app stopped du
 
 
 # Failures that would recur on every attempt: the message is dead-lettered at once.
-_NOT_RETRIED = (InvalidBodyError, EncodingError, _Interrupted)
+_NOT_RETRIED = (InvalidBodyError, EncodingError, SendRejectedError, _Interrupted)
 
 
 class SubscriberLoop:
     """Reads one subscriber's consumer until stopped, and delivers each message to its handler.
 
-    Nothing is fetched before ``deliver()`` (the app's after_startup hooks have passed). With
-    ``max_concurrency`` 1, each fetched batch is handled in order, then committed. Above 1, each
-    partition gets a queue and a worker; up to ``max_concurrency`` workers run at once, a
-    partition's messages stay in order, and a worker commits what is done whenever its queue
-    runs dry, so a slow partition holds up no other.
+    Nothing is fetched before ``deliver()`` (the app's after_startup hooks have passed). Then
+    three kinds of task run at once, so that fetching, handling and acknowledgements overlap:
+
+    - the fetcher keeps polling the consumer (the group must never think it is dead) and
+      puts each message in its partition's queue; a queue holding ``PARTITION_QUEUE``
+      messages gets its partition paused until it is down to half;
+    - ``max_concurrency`` workers each take a partition with queued messages and handle them
+      in offset order; a partition is held by one worker at a time, and handed back after
+      ``TURN`` messages when other partitions are waiting;
+    - the committer waits for the acknowledgement of everything the handled messages caused,
+      then commits their offsets, every ``COMMIT_EVERY`` messages or ``COMMIT_INTERVAL``
+      seconds, and whenever the queues run dry.
+
+    It is the consumer's ``Assignment``: before partitions are revoked it drops their queued
+    messages, lets the message in hand finish (within ``graceful_timeout``) and commits
+    exactly those partitions.
     """
 
     def __init__(
         self,
         handler: BoundHandler,
-        consumer: Consumer,
         broker: Broker,
         shields: StopShields,
         report_error: ErrorReport | None = None,
+        graceful_timeout: float = 30.0,
     ) -> None:
-        spec = handler.spec
+        self.spec = spec = handler.spec
         self.name = spec.name
+        self.consumer: Consumer | None = None  # set once subscribed
         self._handler = handler
-        self._consumer = consumer
         self._broker = broker
         self._shields = shields
         self._publish_to = tuple(spec.publish_to)
@@ -160,32 +194,69 @@ class SubscriberLoop:
         self._dead_letter = spec.dead_letter
         self.concurrency = spec.max_concurrency
         self._report_error = report_error
-        self._deliveries: list[Delivery] = []
+        self._graceful_timeout = graceful_timeout
+        self._deliveries: list[_Sent] = []
         self._done: dict[TopicPartition, int] = {}
         self._settling = anyio.Lock()
         self._since_commit = 0
         self._committed_at = time.monotonic()
+        self._queues: dict[TopicPartition, deque[Message]] = {}
+        self._busy: set[TopicPartition] = set()  # held by a worker
+        self._scheduled: set[TopicPartition] = set()  # waiting for a worker
+        self._paused: set[TopicPartition] = set()
+        self._revoked: set[TopicPartition] = set()  # taken away, not given back since
+        self._ready: deque[TopicPartition] = deque()  # partitions waiting for a worker
+        self._ready_count = anyio.Semaphore(0)  # one release per partition put in _ready
+        self._released = anyio.Event()  # a worker handed a partition back
+        self._commit_wanted = anyio.Event()
+        self._acked = anyio.Event()  # the committer settled
+        self._closing = False
+        self._failure: BaseException | None = None
         self._stopping = False
         self._stopped = anyio.Event()  # stop() was called: cuts retry pauses short
         self._open = anyio.Event()  # deliver() or stop() was called
         self.finished = anyio.Event()
 
+    # --- the consumer's Assignment --------------------------------------------------------
+
+    def assigned(self, partitions: Collection[TopicPartition]) -> None:
+        """The group gave these partitions to this subscriber."""
+        self._revoked.difference_update(partitions)
+
+    async def revoked(self, partitions: Collection[TopicPartition]) -> None:
+        """Drop their queued messages, finish the one in hand, commit exactly these."""
+        gone = set(partitions)
+        self._revoked |= gone
+        self._paused -= gone
+        dropped = sum(len(self._queues.pop(partition, ())) for partition in gone)
+        with anyio.move_on_after(self._graceful_timeout):
+            while self._busy & gone:
+                await self._released.wait()
+        try:
+            await self.settle(gone)
+        except Exception as error:  # noqa: BLE001  # a failed commit stops the subscriber
+            self._fail(error)
+        logger.info(
+            "subscriber %s: partitions %s revoked%s",
+            self.name,
+            ", ".join(f"{topic}[{partition}]" for topic, partition in sorted(gone)),
+            f"; {dropped} fetched message(s) left to their next owner" if dropped else "",
+        )
+
+    # --- running --------------------------------------------------------------------------
+
     async def run(self) -> None:
         """Deliver messages until stop(); always leave the consumer group at the end.
 
-        Raises DeliveryError when the transport fails under it (a send or commit that cannot
-        succeed); a handler's own failure never ends the loop.
+        Raises DeliveryError when the transport fails under it (a send, fetch or commit that
+        cannot succeed); a handler's own failure never ends the loop.
         """
-        _pending.set(self._deliveries)
         try:
             await self._open.wait()
-            if self._stopping:
-                return
-            if self.concurrency == 1:
-                await self._run_in_order()
-            else:
-                await _PartitionWorkers(self).run()
+            if not self._stopping:
+                await self._run_tasks()
             await self.settle()
+            self._raise_failure()
         except DeliveryError:
             raise
         except (Exception, SystemExit, KeyboardInterrupt) as error:
@@ -193,15 +264,30 @@ class SubscriberLoop:
             # stops the app like a transport failure: gracefully, and named.
             raise DeliveryError(self.name, describe(error)) from error
         finally:
-            try:
+            await self._leave()
+
+    async def _run_tasks(self) -> None:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self._commit_when_due)
+            async with anyio.create_task_group() as workers:
+                for number in range(self.concurrency):
+                    workers.start_soon(self._work, name=f"{self.name} worker {number}")
+                await self._fetch_all()
+            self._closing = True  # every worker returned: the final settle is run()'s
+            self._commit_wanted.set()
+
+    async def _leave(self) -> None:
+        consumer = self.consumer
+        try:
+            if consumer is not None:
                 with self._shields.shield():
-                    await self._consumer.close()
-            except Exception as error:
-                raise DeliveryError(
-                    self.name, f"leaving its consumer group failed: {describe(error)}"
-                ) from error
-            finally:
-                self.finished.set()
+                    await consumer.close()
+        except Exception as error:
+            raise DeliveryError(
+                self.name, f"leaving its consumer group failed: {describe(error)}"
+            ) from error
+        finally:
+            self.finished.set()
 
     def deliver(self) -> None:
         """Start handling messages (the app is ready)."""
@@ -212,20 +298,146 @@ class SubscriberLoop:
         self._stopping = True
         self._stopped.set()
         self._open.set()
-        self._consumer.stop()
+        for _ in range(self.concurrency):
+            self._ready_count.release()  # idle workers wake up, and return
+        self._acked.set()  # workers waiting for acknowledgements go on to their end
+        if self.consumer is not None:
+            self.consumer.stop()
 
-    async def fetch(self) -> Sequence[Message]:
-        return await self._consumer.fetch(MAX_RECORDS)
+    def add_delivery(self, delivery: Delivery, message: Message) -> None:
+        """Count ``delivery`` among what ``message`` caused: awaited before it is committed."""
+        self._deliveries.append((delivery, message, False))
 
-    async def _run_in_order(self) -> None:
-        while batch := await self.fetch():
-            for message in batch:
-                if self._stopping:
-                    break
-                await self.deliver_one(message)
-                if self.commit_due():
-                    await self.settle()
-            await self.settle()
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _fail(self, error: BaseException) -> None:
+        """Remember the first failure and stop: the other workers finish their message."""
+        if self._failure is None:
+            self._failure = error
+        self.stop()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    # --- the fetcher ----------------------------------------------------------------------
+
+    async def _fetch_all(self) -> None:
+        consumer = self.consumer
+        assert consumer is not None  # subscribed before it runs  # noqa: S101
+        try:
+            while batch := await consumer.fetch(MAX_RECORDS):
+                self._dispatch(batch)
+        except Exception as error:  # noqa: BLE001  # the transport failed: stop, named
+            self._fail(error)
+
+    def _dispatch(self, batch: Sequence[Message]) -> None:
+        """Queue each message in its partition's queue; pause a partition whose queue is full."""
+        queues, revoked = self._queues, self._revoked
+        touched: list[TopicPartition] = []
+        last: TopicPartition | None = None
+        queue: deque[Message] | None = None
+        for message in batch:
+            partition = (message.topic, message.partition)
+            if partition != last:
+                last = partition
+                if revoked and partition in revoked:
+                    queue = None  # fetched just before it was taken away
+                    continue
+                queue = queues.get(partition)
+                if queue is None:
+                    queue = queues[partition] = deque()
+                touched.append(partition)
+            if queue is not None:
+                queue.append(message)
+        full = [p for p in touched if len(queues[p]) >= PARTITION_QUEUE and p not in self._paused]
+        if full:
+            self._paused.update(full)
+            assert self.consumer is not None  # noqa: S101  # fetching, so subscribed
+            self.consumer.pause(full)
+        for partition in touched:
+            self._schedule(partition)
+
+    def _schedule(self, partition: TopicPartition) -> None:
+        if partition in self._busy or partition in self._scheduled or self._stopping:
+            return
+        self._scheduled.add(partition)
+        self._ready.append(partition)
+        self._ready_count.release()
+
+    # --- the workers ----------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        tracker = _Tracker(self)
+        _pending.set(tracker)
+        while True:
+            await self._ready_count.acquire()
+            if self._stopping:
+                return
+            partition = self._ready.popleft()
+            self._scheduled.discard(partition)
+            queue = self._queues.get(partition)
+            if not queue or partition in self._busy:
+                continue
+            self._busy.add(partition)
+            try:
+                await self._drain(partition, queue, tracker)
+            except DeliveryError as error:
+                self._fail(error)
+                return
+            finally:
+                self._release(partition)
+
+    async def _drain(
+        self, partition: TopicPartition, queue: deque[Message], tracker: _Tracker
+    ) -> None:
+        """Handle the partition's queued messages in order, until a stop or its turn ends."""
+        handled = 0
+        while queue and not self._stopping:
+            message = tracker.message = queue.popleft()
+            await self.deliver_one(message)
+            if partition in self._paused and len(queue) <= PARTITION_QUEUE // 2:
+                self._paused.discard(partition)
+                assert self.consumer is not None  # noqa: S101  # handling, so subscribed
+                self.consumer.resume([partition])
+            if self.commit_due():
+                self._commit_wanted.set()
+                # Handlers that never await would keep the committer (and the fetcher) waiting.
+                await anyio.lowlevel.checkpoint()
+            if len(self._deliveries) >= MAX_UNACKED:
+                await self._wait_for_acknowledgements()
+            handled += 1
+            if handled >= TURN and self._scheduled:
+                return  # other partitions are waiting: back in the queue for a worker
+        self._commit_wanted.set()  # the queue ran dry: commit what is done
+
+    def _release(self, partition: TopicPartition) -> None:
+        self._busy.discard(partition)
+        self._released.set()
+        self._released = anyio.Event()
+        if self._queues.get(partition):
+            self._schedule(partition)
+
+    async def _wait_for_acknowledgements(self) -> None:
+        acked = self._acked
+        self._commit_wanted.set()
+        await acked.wait()
+
+    # --- the committer --------------------------------------------------------------------
+
+    async def _commit_when_due(self) -> None:
+        while True:
+            await self._commit_wanted.wait()
+            self._commit_wanted = anyio.Event()
+            if self._closing:
+                return
+            try:
+                await self.settle()
+            except Exception as error:  # noqa: BLE001  # the transport failed: stop, named
+                self._fail(error)
+                return
 
     def commit_due(self) -> bool:
         """Count one more message done; whether it is time to commit in mid-batch."""
@@ -288,24 +500,62 @@ class SubscriberLoop:
         else:
             await self._give_up(message, error, reason=f"failed: {describe(error)}")
 
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
+    async def settle(self, partitions: Collection[TopicPartition] | None = None) -> None:
+        """Wait for the acknowledgement of everything sent so far, then commit what is done.
 
-    async def settle(self) -> None:
-        """Wait for the acknowledgement of every message sent so far, then commit what is done."""
+        With ``partitions``, only their offsets are committed (they are being revoked). A
+        message whose result the broker refused is dead-lettered first.
+        """
         async with self._settling:
-            self._since_commit = 0
-            self._committed_at = time.monotonic()
-            done = self._done.copy()
-            self._done.clear()
-            if self._deliveries:
-                deliveries = self._deliveries[:]
-                self._deliveries.clear()
-                for delivery in deliveries:
-                    await delivery
-            if done:
-                await self._consumer.commit(done)
+            if partitions is None:
+                self._since_commit = 0
+                self._committed_at = time.monotonic()
+                done, self._done = self._done, {}
+            else:
+                done = {p: self._done.pop(p) for p in partitions if p in self._done}
+            deliveries, self._deliveries = self._deliveries, []
+            try:
+                await self._acknowledge(deliveries)
+            finally:
+                self._acked.set()
+                self._acked = anyio.Event()
+            if done and self.consumer is not None:
+                await self.consumer.commit(done)
+
+    async def _acknowledge(self, deliveries: list[_Sent]) -> None:
+        """Await each acknowledgement; dead-letter the messages whose results were refused."""
+        refused: dict[int, tuple[Message, SendRejectedError]] = {}
+        for delivery, message, dead_letter in deliveries:
+            try:
+                await delivery
+            except SendRejectedError as refusal:
+                if dead_letter:
+                    self._dead_letter_refused(message, refusal)
+                else:
+                    refused.setdefault(id(message), (message, refusal))
+        for message, error in refused.values():
+            if self._report_error is not None:
+                self._report_error(error)
+                continue
+            reason = f"failed: {describe(error)}"
+            dead = await self._send_dead_letter(message, error, reason=reason)
+            try:
+                if dead is not None:
+                    await dead
+            except SendRejectedError as refusal:
+                self._dead_letter_refused(message, refusal)
+
+    def _dead_letter_refused(self, message: Message, error: SendRejectedError) -> None:
+        """Never a crash loop on one message: it is dropped, and the log line says so."""
+        log_error(
+            DeliveryError(
+                self.name,
+                f"its dead letter was refused, so the message is dropped: {describe(error)}",
+                topic=message.topic,
+                partition=message.partition,
+                offset=message.offset,
+            )
+        )
 
     async def _attempt(self, message: Message) -> None:
         result = await self._handler(message)
@@ -318,7 +568,7 @@ class SubscriberLoop:
         for topic in self._publish_to:
             delivery = await self._broker.send(topic, value, key=key, headers=headers)
             if delivery is not None:
-                self._deliveries.append(delivery)
+                self._deliveries.append((delivery, message, False))
 
     async def _retry_from(self, message: Message, first_error: Exception) -> None:
         retry = self._retry
@@ -376,6 +626,14 @@ class SubscriberLoop:
         )
 
     async def _give_up(self, message: Message, error: Exception, *, reason: str) -> None:
+        """Dead-letter the message (or drop it, with dead_letter=None), logged; not awaited."""
+        delivery = await self._send_dead_letter(message, error, reason=reason)
+        if delivery is not None:
+            self._deliveries.append((delivery, message, True))
+
+    async def _send_dead_letter(
+        self, message: Message, error: Exception, *, reason: str
+    ) -> Delivery | None:
         attempts = message.attempt
         topic = self._dead_letter_topic(message)
         # One line per failure; the handler's traceback when debug logging is on.
@@ -390,11 +648,11 @@ class SubscriberLoop:
                 exc_info=traceback,
                 extra=log_fields(self.name, message),
             )
-            return
-        headers = {**message.headers, **_dead_letter_headers(message, error, attempts)}
+            return None
+        ours = _dead_letter_headers(message, error, attempts)
+        headers = [(name, data) for name, data in message.header_list if name not in ours]
+        headers.extend(ours.items())
         delivery = await self._broker.send(topic, message.value, key=message.key, headers=headers)
-        if delivery is not None:
-            self._deliveries.append(delivery)
         logger.error(
             "handler %s: %s %s; sent to %s after %d attempt(s)",
             self.name,
@@ -405,6 +663,7 @@ class SubscriberLoop:
             exc_info=traceback,
             extra=log_fields(self.name, message),
         )
+        return delivery
 
     def _dead_letter_topic(self, message: Message) -> str | None:
         if self._dead_letter is None:
@@ -456,59 +715,6 @@ def _truncated(text: str, limit: int) -> bytes:
     return head + marker
 
 
-class _PartitionWorkers:
-    """One queue and one worker task per partition, at most ``max_concurrency`` running."""
-
-    def __init__(self, loop: SubscriberLoop) -> None:
-        self._loop = loop
-        self._limiter = anyio.CapacityLimiter(loop.concurrency)
-        self._queues: dict[TopicPartition, deque[Message]] = {}
-        self._queued = 0
-        self._progress = anyio.Event()
-
-    async def run(self) -> None:
-        """Feed the partitions' queues until the consumer is stopped.
-
-        A worker's failure (its transport failed) ends them all; it is raised as it is, not
-        wrapped in the task group's ExceptionGroup, so the subscriber's error names it.
-        """
-        try:
-            await self._feed()
-        except BaseExceptionGroup as group:
-            raise _first_leaf(group) from None
-
-    async def _feed(self) -> None:
-        async with anyio.create_task_group() as workers:
-            while batch := await self._loop.fetch():
-                for message in batch:
-                    key = (message.topic, message.partition)
-                    queue = self._queues.get(key)
-                    if queue is None:
-                        queue = self._queues[key] = deque()
-                        workers.start_soon(self._work, key, queue)
-                    queue.append(message)
-                self._queued += len(batch)
-                while self._queued >= MAX_RECORDS and not self._loop.stopping:
-                    await self._progress.wait()  # backpressure: fetch more once workers catch up
-
-    async def _work(self, key: TopicPartition, queue: deque[Message]) -> None:
-        async with self._limiter:
-            while queue and not self._loop.stopping:
-                await self._loop.deliver_one(queue.popleft())
-                self._queued -= 1
-                self._progress.set()
-                self._progress = anyio.Event()
-                if self._loop.commit_due():
-                    await self._loop.settle()
-            del self._queues[key]
-        await self._loop.settle()
-
-
-def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
-
-
 class Subscribers:
     """The subscriber loops of one run, in a task group the run holds from startup to shutdown.
 
@@ -528,8 +734,10 @@ class Subscribers:
         tasks: TaskGroup,
         broker: Broker,
         handlers: Sequence[BoundHandler],
+        *,
         limit: float,
         report_error: ErrorReport | None = None,
+        graceful_timeout: float = 30.0,
     ) -> None:
         """Subscribe each handler and start its loop, held back until ``deliver()``.
 
@@ -537,45 +745,42 @@ class Subscribers:
         With ``report_error``, a handler's failure is handed to it instead of being retried
         and dead-lettered (the test client raises it in the test).
         """
-        consumers: dict[int, Consumer] = {}
+        loops = [
+            SubscriberLoop(handler, broker, self._shields, report_error, graceful_timeout)
+            for handler in handlers
+        ]
         failures: list[StartupError] = []
         # Concurrently: on Kafka each group's first join takes a second or more.
         async with anyio.create_task_group() as joining:
-            for index, handler in enumerate(handlers):
-                keep = partial(consumers.__setitem__, index)
-                joining.start_soon(self._subscribe, broker, handler, limit, keep, failures)
+            for loop in loops:
+                joining.start_soon(self._subscribe, broker, loop, limit, failures)
         if failures:
             with self._shields.shield():
-                for consumer in consumers.values():
-                    await consumer.close()
+                for loop in loops:
+                    if loop.consumer is not None:
+                        await loop.consumer.close()
             raise failures[0]
-        for index, handler in enumerate(handlers):
-            loop = SubscriberLoop(handler, consumers[index], broker, self._shields, report_error)
+        for loop in loops:
             self._loops.append(loop)
-            tasks.start_soon(self._run, loop, name=f"subscriber {handler.spec.name}")
+            tasks.start_soon(self._run, loop, name=f"subscriber {loop.name}")
 
     @staticmethod
     async def _subscribe(
-        broker: Broker,
-        handler: BoundHandler,
-        limit: float,
-        keep: Callable[[Consumer], None],
-        failures: list[StartupError],
+        broker: Broker, loop: SubscriberLoop, limit: float, failures: list[StartupError]
     ) -> None:
         """Subscribe one handler within ``limit``; record a failure instead of raising it."""
-        spec = handler.spec
+        spec = loop.spec
         what = f"subscriber {spec.name} ({', '.join(spec.topics)})"
-        consumer: Consumer | None = None
         try:
             with TimeLimit(limit) as time_limit:
-                consumer = await broker.subscribe(Subscription(spec.topics, spec.group, spec.name))
+                subscription = Subscription(spec.topics, spec.group, spec.name)
+                # kept also when it came late: start() closes it
+                loop.consumer = await broker.subscribe(subscription, loop)
         except Exception as error:  # noqa: BLE001  # recorded; start() raises the first
             failure = StartupError(what, describe(error))
             failure.__cause__ = error
             failures.append(failure)
             return
-        if consumer is not None:  # also one that came late: start() closes it
-            keep(consumer)
         if time_limit.exceeded:
             failures.append(StartupTimeoutError(what, limit))
 

@@ -10,7 +10,10 @@ Every error derives from ``DiLifespanError``::
     │   ├── StartupTimeoutError     a resource or hook took longer than its time limit
     │   └── DependencyError         a hook asks for something nobody provides at APP scope
     ├── DeliveryError               a subscriber stopped: its transport failed under it
-    ├── EmbeddedKafkaError          the embedded broker could not be found or did not come up
+    ├── TransportError              the broker refused or could not serve a request
+    │   ├── SendRejectedError       the broker refused one message (too large, invalid)
+    │   ├── BrokerUnavailableError  the broker stayed unreachable past its bound
+    │   └── EmbeddedKafkaError      the embedded broker could not be found or did not come up
     ├── EncodingError               (also a TypeError) a value, key or header cannot be published
     ├── ShutdownError               (also an ExceptionGroup) every failure of one shutdown
     └── ShutdownStepError           one failed step inside a ShutdownError
@@ -27,6 +30,7 @@ from typing import Any, Self
 from pydantic import ValidationError
 
 __all__ = [
+    "BrokerUnavailableError",
     "ConfigurationError",
     "DeliveryError",
     "DependencyError",
@@ -35,11 +39,13 @@ __all__ = [
     "EncodingError",
     "GraphError",
     "LifespanStateError",
+    "SendRejectedError",
     "ShutdownError",
     "ShutdownStepError",
     "ShutdownTimeoutError",
     "StartupError",
     "StartupTimeoutError",
+    "TransportError",
 ]
 
 
@@ -157,16 +163,53 @@ class DeliveryError(DiLifespanError):
         return f"subscriber {self.subscriber} stopped{where}: {self.reason}"
 
 
-class EmbeddedKafkaError(DiLifespanError):
+class TransportError(DiLifespanError):
+    """The broker at ``broker`` (its URL) refused a request, or could not be reached.
+
+    ``operation`` says what was asked (``"send to orders"``, ``"commit"``, ``"connect"``).
+    """
+
+    def __init__(self, broker: str, operation: str, reason: str) -> None:
+        self.broker = broker
+        self.operation = operation
+        self.reason = reason
+        super().__init__(broker, operation, reason)
+
+    def __str__(self) -> str:
+        return f"{self.operation} on {self.broker} failed: {self.reason}"
+
+
+class SendRejectedError(TransportError):
+    """The broker refused this one message (too large, an invalid topic or record).
+
+    Sending it again would fail alike: a handler's message whose result or publication is
+    refused goes to the dead-letter topic at once, with this error as its reason.
+    """
+
+    def __init__(self, broker: str, topic: str, reason: str) -> None:
+        self.topic = topic
+        super().__init__(broker, f"send to {topic}", reason)
+        self.args = (broker, topic, reason)  # as given: a pickled copy is made again from them
+
+
+class BrokerUnavailableError(TransportError):
+    """The broker did not answer for ``waited`` seconds, each attempt retried and logged."""
+
+    def __init__(self, broker: str, operation: str, reason: str, *, waited: float) -> None:
+        self.waited = waited
+        super().__init__(broker, operation, f"{reason} (unreachable for {waited:g} s)")
+        self.args = (broker, operation, reason)
+
+
+class EmbeddedKafkaError(TransportError):
     """The embedded Kafka broker could not be found, or did not come up as ours.
 
     ``address`` is the ``host:port`` it was to listen on, when it got that far.
     """
 
     def __init__(self, reason: str, *, address: str | None = None) -> None:
-        self.reason = reason
         self.address = address
-        super().__init__(reason, address)
+        super().__init__("embedded://", "start", reason)
 
     def __str__(self) -> str:
         where = f" on {self.address}" if self.address else ""

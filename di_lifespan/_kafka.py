@@ -13,31 +13,43 @@ off there: aiokafka's InitProducerId request fails on Tansu.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Generator, Mapping, Sequence
 from typing import Any
 
 import anyio
 import anyio.to_thread
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.errors import (
     CommitFailedError,
+    CorruptRecordException,
     IllegalStateError,
+    InvalidTimestampError,
+    InvalidTopicError,
     KafkaConnectionError,
+    KafkaError,
+    MessageSizeTooLargeError,
     RebalanceInProgressError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
 )
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
+    retry_if_exception,
     retry_if_exception_type,
     stop_after_delay,
     wait_exponential,
 )
 
-from ._broker import Delivery, Subscription
+from ._broker import Assignment, Delivery, PartitionStatus, Subscription
+from ._broker import TopicPartition as Partition
 from ._embedded import EmbeddedKafka
-from ._message import Message
+from ._errors import BrokerUnavailableError, SendRejectedError, TransportError, describe
+from ._message import HeaderPairs, Message
 
 __all__ = ["EmbeddedKafkaBroker", "KafkaBroker", "KafkaConsumer"]
 
@@ -50,6 +62,18 @@ EMBEDDED_SESSION_TIMEOUT_MS = 2_000
 CONNECT_TIMEOUT = 15.0  # seconds an unreachable broker is tried again at startup
 POLL_MS = 100  # how long a fetch waits before it looks whether the consumer was stopped
 PIN_TIMEOUT = 5.0  # seconds a consumer without a group waits to learn its partitions
+COMMIT_TIMEOUT = 30.0  # seconds a commit is retried while the broker does not answer
+
+# What the broker answers about one message, and would answer again: that message is refused.
+REFUSALS = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    InvalidTopicError,
+    CorruptRecordException,
+    InvalidTimestampError,
+    TopicAuthorizationFailedError,
+)
 
 
 class KafkaBroker:
@@ -131,38 +155,71 @@ class KafkaBroker:
         value: bytes,
         *,
         key: bytes | None = None,
-        headers: Mapping[str, bytes] | None = None,
+        headers: HeaderPairs | None = None,
     ) -> Delivery | None:
-        """Queue the message in the producer; the returned Delivery is the broker's answer."""
+        """Queue the message in the producer; the returned Delivery is the broker's answer.
+
+        Raises SendRejectedError for a message the producer refuses before sending it (larger
+        than its ``max_request_size``); the Delivery raises it for one the broker refuses.
+        """
         if self._producer is None:
             raise RuntimeError(f"the broker {self.url} is not started")
-        delivery: Delivery = await self._producer.send(
-            topic, value, key=key, headers=list(headers.items()) if headers else None
-        )
-        return delivery
+        try:
+            future = await self._producer.send(
+                topic, value, key=key, headers=list(headers) if headers else None
+            )
+        except REFUSALS as error:
+            raise SendRejectedError(self.url, topic, _refusal(error)) from error
+        except KafkaError as error:
+            raise BrokerUnavailableError(
+                self.url, f"send to {topic}", describe(error), waited=self._request_timeout
+            ) from error
+        return _Acknowledgement(future, self.url, topic, self._request_timeout)
 
-    async def subscribe(self, subscription: Subscription) -> KafkaConsumer:
-        """A consumer of the subscription's topics, started (and, with a group, joined)."""
+    @property
+    def _request_timeout(self) -> float:
+        return float(self._options.get("request_timeout_ms", 40_000)) / 1000
+
+    async def subscribe(self, subscription: Subscription, assignment: Assignment) -> KafkaConsumer:
+        """A consumer of the subscription's topics, started (and, with a group, joined).
+
+        Raises TransportError naming a topic the broker does not have.
+        """
+        grouped = subscription.group is not None
         consumer = AIOKafkaConsumer(
-            *subscription.topics,
             bootstrap_servers=self.bootstrap_servers,
             group_id=subscription.group,
             enable_auto_commit=False,
-            auto_offset_reset="earliest" if subscription.group else "latest",
+            auto_offset_reset="earliest" if grouped else "latest",
             session_timeout_ms=self._session_timeout_ms,
             heartbeat_interval_ms=max(self._session_timeout_ms // 4, 100),
             **self._options,
         )
+        listener = _Listener(assignment) if grouped else None
+        consumer.subscribe(list(subscription.topics), listener=listener)
         try:
             await consumer.start()
-            if subscription.group is None:
+            await self._check_topics(consumer, subscription)
+            if not grouped:
                 await _pin_positions(consumer)
+                assignment.assigned([(tp.topic, tp.partition) for tp in consumer.assignment()])
         except BaseException:
             # Cut short (a time limit, a stop) or refused: close what was opened.
             with anyio.CancelScope(shield=True):
                 await consumer.stop()
             raise
-        return KafkaConsumer(consumer, grouped=subscription.group is not None)
+        return KafkaConsumer(consumer, self.url, grouped=grouped)
+
+    async def _check_topics(self, consumer: AIOKafkaConsumer, subscription: Subscription) -> None:
+        """A topic the broker does not have is an error now, not a subscriber that waits."""
+        existing = await consumer.topics()
+        missing = [topic for topic in subscription.topics if topic not in existing]
+        if missing:
+            raise TransportError(
+                self.url,
+                f"subscribe {subscription.name}",
+                f"no such topic: {', '.join(missing)} (create it first)",
+            )
 
 
 class EmbeddedKafkaBroker(KafkaBroker):
@@ -213,27 +270,105 @@ async def _pin_positions(consumer: AIOKafkaConsumer) -> None:
         await consumer.position(partition)
 
 
+class _Acknowledgement:
+    """A send's Delivery: the broker's answer, its refusal as SendRejectedError."""
+
+    __slots__ = ("_future", "_timeout", "_topic", "_url")
+
+    def __init__(self, future: asyncio.Future[Any], url: str, topic: str, timeout: float) -> None:
+        self._future = future
+        self._url = url
+        self._topic = topic
+        self._timeout = timeout
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._wait().__await__()
+
+    async def _wait(self) -> None:
+        try:
+            await self._future
+        except REFUSALS as error:
+            raise SendRejectedError(self._url, self._topic, _refusal(error)) from error
+        except KafkaError as error:
+            raise BrokerUnavailableError(
+                self._url, f"send to {self._topic}", describe(error), waited=self._timeout
+            ) from error
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped here
+    """Tells the pipeline of partitions given and taken; a revoke waits for the pipeline."""
+
+    def __init__(self, assignment: Assignment) -> None:
+        self._assignment = assignment
+
+    async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
+        if revoked:
+            await self._assignment.revoked([(tp.topic, tp.partition) for tp in revoked])
+
+    async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
+        self._assignment.assigned([(tp.topic, tp.partition) for tp in assigned])
+
+
 class KafkaConsumer:
     """One subscriber's aiokafka consumer, as the pipeline's Consumer."""
 
-    def __init__(self, consumer: AIOKafkaConsumer, *, grouped: bool) -> None:
+    def __init__(self, consumer: AIOKafkaConsumer, url: str, *, grouped: bool) -> None:
         self._consumer = consumer
+        self._url = url
         self._grouped = grouped
         self._stopped = False
 
     async def fetch(self, max_records: int) -> Sequence[Message]:
-        """Wait for messages; return up to ``max_records``, or none once stopped."""
+        """Poll until messages come (paused partitions give none); none once stopped.
+
+        Polling goes on while every partition is paused: that is what keeps the consumer a
+        live member of its group (``max_poll_interval_ms``).
+        """
         while not self._stopped:
-            records = await self._consumer.getmany(timeout_ms=POLL_MS, max_records=max_records)
+            try:
+                records = await self._consumer.getmany(timeout_ms=POLL_MS, max_records=max_records)
+            except KafkaError as error:
+                raise TransportError(self._url, "fetch", describe(error)) from error
             if records:
                 return [_message(record) for batch in records.values() for record in batch]
         return []
 
-    async def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+    def pause(self, partitions: Collection[Partition]) -> None:
+        owned = self._consumer.assignment()
+        wanted = [TopicPartition(topic, partition) for topic, partition in partitions]
+        self._consumer.pause(*(tp for tp in wanted if tp in owned))
+
+    def resume(self, partitions: Collection[Partition]) -> None:
+        owned = self._consumer.assignment()
+        wanted = [TopicPartition(topic, partition) for topic, partition in partitions]
+        self._consumer.resume(*(tp for tp in wanted if tp in owned))
+
+    def assignment(self) -> frozenset[Partition]:
+        return frozenset((tp.topic, tp.partition) for tp in self._consumer.assignment())
+
+    async def status(self) -> list[PartitionStatus]:
+        """Assigned partitions with the group's committed offset and the log's end.
+
+        The end is the broker's high watermark, or this consumer's position when that is
+        further (the embedded broker reports a log's end as its last batch's first offset + 1).
+        """
+        owned = sorted(self._consumer.assignment())
+        if not owned:
+            return []
+        ends = await self._consumer.end_offsets(owned)
+        statuses = []
+        for tp in owned:
+            committed = await self._consumer.committed(tp) if self._grouped else None
+            end = max(ends.get(tp, 0), await self._consumer.position(tp), committed or 0)
+            statuses.append(PartitionStatus(tp.topic, tp.partition, committed, end))
+        return statuses
+
+    async def commit(self, offsets: Mapping[Partition, int]) -> None:
         """Commit, per partition, the next offset to read (nothing without a group).
 
         Offsets of partitions this consumer no longer owns (a rebalance gave them to another
-        member) are dropped, logged: their next owner reads those messages again.
+        member) are dropped, logged: their next owner reads those messages again. A broker
+        that does not answer is tried again, with backoff, for ``COMMIT_TIMEOUT`` seconds.
         """
         if not self._grouped or not offsets:
             return
@@ -245,7 +380,7 @@ class KafkaConsumer:
         kept = {partition: offset for partition, offset in wanted.items() if partition in owned}
         try:
             if kept:
-                await self._consumer.commit(kept)
+                await self._commit(kept)
         except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as error:
             kept = {}
             logger.warning("commit dropped, the group is rebalancing: %s", error)
@@ -254,6 +389,36 @@ class KafkaConsumer:
                 "offsets of partitions given to another member not committed: %s",
                 ", ".join(dropped),
             )
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        retrying = AsyncRetrying(
+            stop=stop_after_delay(COMMIT_TIMEOUT),
+            wait=wait_exponential(multiplier=0.1, max=2.0),
+            retry=retry_if_exception(_retriable),
+            sleep=anyio.sleep,
+            reraise=True,
+            before_sleep=self._log_retry,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await self._consumer.commit(offsets)
+        except KafkaError as error:
+            if not _retriable(error):
+                raise
+            raise BrokerUnavailableError(
+                self._url, "commit", describe(error), waited=COMMIT_TIMEOUT
+            ) from error
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        logger.warning(
+            "commit on %s failed (attempt %d), trying again for up to %g s: %s",
+            self._url,
+            state.attempt_number,
+            COMMIT_TIMEOUT,
+            error,
+        )
 
     def stop(self) -> None:
         """Make a waiting fetch, and every later one, return no messages."""
@@ -265,13 +430,32 @@ class KafkaConsumer:
         await self._consumer.stop()
 
 
+def _refusal(error: KafkaError) -> str:
+    """Why the broker refused a message, in words that say so first."""
+    too_large = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
+    if isinstance(error, too_large):
+        return f"the message is too large: {describe(error)}"
+    return describe(error)
+
+
+def _retriable(error: BaseException) -> bool:
+    return isinstance(error, KafkaError) and bool(getattr(error, "retriable", False))
+
+
 def _message(record: ConsumerRecord[bytes, bytes]) -> Message:
+    headers = tuple(record.headers)
+    value = record.value if record.value is not None else b""
+    if not headers:
+        return Message(
+            record.topic, record.partition, record.offset, value, record.key, {}, record.timestamp
+        )
     return Message(
         record.topic,
         record.partition,
         record.offset,
-        record.value if record.value is not None else b"",
+        value,
         record.key,
-        dict(record.headers),
+        dict(headers),
         record.timestamp,
+        header_list=headers,
     )

@@ -282,7 +282,12 @@ class LifespanRun:
     async def _subscribe(self, loops: TaskGroup, handlers: list[BoundHandler]) -> None:
         plan = self._plan
         await self._subscribers.start(
-            loops, plan.broker, handlers, plan.startup_timeout, plan.report_error
+            loops,
+            plan.broker,
+            handlers,
+            limit=plan.startup_timeout,
+            report_error=plan.report_error,
+            graceful_timeout=plan.graceful_timeout,
         )
 
     async def _enter_user_lifespan(self, tasks: TaskGroup) -> None:

@@ -2,32 +2,37 @@
 
 It keeps every message for as long as the broker object lives, so an app stopped and started
 again on the same broker finds its group's committed offsets, and gets its uncommitted
-messages again.
+messages again. Groups behave as Kafka's do: a member joining or leaving starts a new
+generation, in which every member first gives up its partitions (its ``revoked`` is awaited),
+then the partitions are shared out again by ranges, as Kafka's range assignor does, and each
+member reads them from the group's committed offsets.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import anyio.lowlevel
 from aiokafka.partitioner import murmur2
 
-from ._broker import Delivery, Subscription, TopicPartition
-from ._errors import ConfigurationError
-from ._message import Message
+from ._broker import Assignment, Delivery, PartitionStatus, Subscription, TopicPartition
+from ._errors import ConfigurationError, SendRejectedError
+from ._message import HeaderPairs, Message
 
 __all__ = ["MemoryBroker"]
 
 KEY_CACHE = 65_536  # keys whose partition is remembered before the memo starts over
+MAX_MESSAGE_BYTES = 1_048_576  # Kafka's default max.message.bytes
 
 
 # A stored message: value, key, headers (None when there are none), timestamp in ms. A tuple,
 # not a class: building one per send is the memory broker's hottest line.
-_Record = tuple[bytes, bytes | None, Mapping[str, bytes] | None, int]
+_Record = tuple[bytes, bytes | None, tuple[tuple[str, bytes], ...] | None, int]
 
 
 @dataclass(slots=True)
@@ -38,15 +43,13 @@ class _Topic:
 
 @dataclass(slots=True)
 class _Group:
-    """A consumer group's state on one topic: committed offsets and who reads which partition."""
+    """A consumer group: its committed offsets, its members, and one rebalance at a time."""
 
-    committed: list[int]
-    position: list[int]
+    committed: dict[TopicPartition, int]
+    from_end: bool
     members: list[_MemoryConsumer] = field(default_factory=list)
-
-    def rebalance(self) -> None:
-        # Uncommitted positions are forgotten: the new owner starts from the committed offset.
-        self.position[:] = self.committed
+    generation: int = 0
+    rebalancing: anyio.Lock | None = None
 
 
 class MemoryBroker:
@@ -55,22 +58,30 @@ class MemoryBroker:
     ``partitions`` is how many partitions a topic gets when it is first used;
     ``topic_partitions`` sets it per topic. A message with a key goes to the partition Kafka's
     default partitioner gives it (murmur2); one without a key to the next partition in turn.
+    A message larger than ``max_message_bytes`` (value, key and headers) is refused, as Kafka
+    refuses one above its ``max.message.bytes``: its Delivery raises SendRejectedError.
     """
 
     url = "memory://"
 
     def __init__(
-        self, partitions: int = 1, topic_partitions: Mapping[str, int] | None = None
+        self,
+        partitions: int = 1,
+        topic_partitions: Mapping[str, int] | None = None,
+        *,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
-        for where, count in [("partitions", partitions), *(topic_partitions or {}).items()]:
+        counts = [("partitions", partitions), *(topic_partitions or {}).items()]
+        for where, count in [*counts, ("max_message_bytes", max_message_bytes)]:
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise ConfigurationError(
                     f"MemoryBroker({where})", f"expected a positive whole number, got {count!r}"
                 )
         self._default_partitions = partitions
         self._topic_partitions = dict(topic_partitions or {})
+        self.max_message_bytes = max_message_bytes
         self._topics: dict[str, _Topic] = {}
-        self._groups: dict[tuple[str, str], _Group] = {}
+        self._groups: dict[str, _Group] = {}
         self._anonymous = itertools.count(1)
         # murmur2 in pure Python costs microseconds; keys repeat, so each is hashed once.
         self._key_partitions: dict[tuple[bytes, int], int] = {}
@@ -90,14 +101,27 @@ class MemoryBroker:
         value: bytes,
         *,
         key: bytes | None = None,
-        headers: Mapping[str, bytes] | None = None,
+        headers: HeaderPairs | None = None,
     ) -> Delivery | None:
-        """Store the message in its partition; it is acknowledged at once."""
+        """Store the message in its partition; it is acknowledged at once (or refused)."""
+        if len(value) > self.max_message_bytes and self._too_large(value, key, headers):
+            return _Refused(SendRejectedError(self.url, topic, self._size_reason(value)))
         log = self._topics.get(topic) or self._topic(topic)
         partition = next(log.next_keyless) if key is None else self._partition_of(key, log)
-        log.partitions[partition].append((value, key, headers or None, time.time_ns() // 1_000_000))
+        stored = tuple(headers) if headers else None
+        log.partitions[partition].append((value, key, stored, time.time_ns() // 1_000_000))
         self._notify()
         return None
+
+    def _too_large(self, value: bytes, key: bytes | None, headers: HeaderPairs | None) -> bool:
+        extra = len(key or b"") + sum(len(name) + len(data) for name, data in headers or ())
+        return len(value) + extra > self.max_message_bytes
+
+    def _size_reason(self, value: bytes) -> str:
+        return (
+            f"the message is too large: {len(value)} bytes, more than max_message_bytes"
+            f" ({self.max_message_bytes})"
+        )
 
     def _partition_of(self, key: bytes, log: _Topic) -> int:
         """The partition Kafka's default partitioner (murmur2) gives ``key``, remembered."""
@@ -110,14 +134,18 @@ class MemoryBroker:
             self._key_partitions[(key, count)] = partition
         return partition
 
-    async def subscribe(self, subscription: Subscription) -> _MemoryConsumer:
-        """A consumer of the subscription's topics, taking its share of the group's partitions."""
-        group = subscription.group or f"\0anonymous-{next(self._anonymous)}"
-        consumer = _MemoryConsumer(self, group, subscription.topics)
+    async def subscribe(
+        self, subscription: Subscription, assignment: Assignment
+    ) -> _MemoryConsumer:
+        """A consumer of the subscription's topics: it joins its group, which rebalances."""
+        name = subscription.group or f"\0anonymous-{next(self._anonymous)}"
         for topic in subscription.topics:
-            state = self._group(group, topic, from_end=subscription.group is None)
-            state.members.append(consumer)
-            state.rebalance()
+            self._topic(topic)  # a subscription makes its topics exist
+        group = self._groups.get(name)
+        if group is None:
+            group = self._groups[name] = _Group({}, from_end=subscription.group is None)
+        consumer = _MemoryConsumer(self, group, subscription.topics, assignment)
+        await self._rebalance(group, joining=consumer)
         return consumer
 
     # --- what tests and the test client read ---------------------------------------------
@@ -146,12 +174,12 @@ class MemoryBroker:
     def committed(self, group: str, topic: str) -> list[int]:
         """The group's committed offsets on ``topic``, one per partition (creates nothing).
 
-        A group that never committed on the topic is at 0 on each partition.
+        A group that never committed on a partition is at 0 there.
         """
-        state = self._groups.get((group, topic))
-        if state is None:
-            return [0] * len(self.end_offsets(topic))
-        return list(state.committed)
+        state = self._groups.get(group)
+        committed = state.committed if state is not None else {}
+        ends = self.end_offsets(topic)
+        return [committed.get((topic, partition), 0) for partition in range(len(ends))]
 
     def pending(self) -> int:
         """How many stored messages some subscribed group has not committed yet."""
@@ -160,16 +188,21 @@ class MemoryBroker:
     def pending_by_topic(self) -> dict[str, int]:
         """Per topic, how many stored messages some subscribed group has not committed yet."""
         counts: dict[str, int] = {}
-        for (_, topic), state in self._groups.items():
-            if state.members:
+        for state in self._groups.values():
+            if not state.members:
+                continue
+            for topic in {topic for member in state.members for topic in member.topics}:
                 ends = self.end_offsets(topic)
-                left = sum(end - done for end, done in zip(ends, state.committed, strict=True))
+                left = sum(
+                    end - state.committed.get((topic, partition), 0)
+                    for partition, end in enumerate(ends)
+                )
                 if left:
                     counts[topic] = counts.get(topic, 0) + left
         return counts
 
     async def wait_for_change(self) -> None:
-        """Return after the next send, commit or stop."""
+        """Return after the next send, commit, rebalance, resume or stop."""
         if self._changed is None:
             self._changed = anyio.Event()
         await self._changed.wait()
@@ -190,59 +223,132 @@ class MemoryBroker:
             )
         return log
 
-    def _group(self, group: str, topic: str, *, from_end: bool) -> _Group:
-        state = self._groups.get((group, topic))
-        if state is None:
-            log = self._topic(topic)  # a subscription makes its topics exist
-            start = [len(records) if from_end else 0 for records in log.partitions]
-            state = self._groups[(group, topic)] = _Group(list(start), start)
-        return state
+    async def _rebalance(
+        self,
+        group: _Group,
+        *,
+        joining: _MemoryConsumer | None = None,
+        leaving: _MemoryConsumer | None = None,
+    ) -> None:
+        """A new generation: every member gives its partitions up, then they are shared out."""
+        if group.rebalancing is None:
+            group.rebalancing = anyio.Lock()
+        async with group.rebalancing:
+            for member in list(group.members):
+                if member is not leaving:
+                    await member.give_up()
+            if leaving is not None and leaving in group.members:
+                group.members.remove(leaving)
+            if joining is not None:
+                group.members.append(joining)
+            group.generation += 1
+            for member, partitions in self._share_out(group).items():
+                member.take(partitions, group.generation)
+        self._notify()
+
+    def _share_out(self, group: _Group) -> dict[_MemoryConsumer, list[TopicPartition]]:
+        """Kafka's range assignor: per topic, each member a contiguous range of partitions."""
+        shares: dict[_MemoryConsumer, list[TopicPartition]] = {m: [] for m in group.members}
+        topics = sorted({topic for member in group.members for topic in member.topics})
+        for topic in topics:
+            readers = [member for member in group.members if topic in member.topics]
+            count = len(self._topic(topic).partitions)
+            each, extra = divmod(count, len(readers))
+            start = 0
+            for index, member in enumerate(readers):
+                size = each + (1 if index < extra else 0)
+                shares[member].extend((topic, p) for p in range(start, start + size))
+                start += size
+        return shares
+
+    def _start_offset(self, group: _Group, partition: TopicPartition) -> int:
+        committed = group.committed.get(partition)
+        if committed is not None:
+            return committed
+        topic, index = partition
+        start = len(self._topic(topic).partitions[index]) if group.from_end else 0
+        if group.from_end:
+            group.committed[partition] = start  # a group without a name starts at the end
+        return start
 
     def _fetch(self, consumer: _MemoryConsumer, max_records: int) -> list[Message]:
         batch: list[Message] = []
-        for topic in consumer.topics:
-            state = self._groups[(consumer.group, topic)]
-            partitions = self._topics[topic].partitions
-            for partition in range(
-                consumer.member_index(state), len(partitions), len(state.members)
-            ):
-                start = state.position[partition]
-                records = partitions[partition][start : start + max_records - len(batch)]
-                batch.extend(
-                    _message(topic, partition, start + index, record)
-                    for index, record in enumerate(records)
-                )
-                state.position[partition] = start + len(records)
-                if len(batch) >= max_records:
-                    return batch
+        readable = consumer.readable
+        count = len(readable)
+        first = consumer.next_first
+        consumer.next_first = first + 1 if first + 1 < count else 0
+        positions = consumer.positions
+        for step in range(count):
+            topic, partition, records = readable[(first + step) % count]
+            start = positions[(topic, partition)]
+            if start >= len(records):
+                continue
+            taken = records[start : start + max_records - len(batch)]
+            batch.extend(
+                _message(topic, partition, start + index, record)
+                for index, record in enumerate(taken)
+            )
+            positions[(topic, partition)] = start + len(taken)
+            if len(batch) >= max_records:
+                break
         return batch
 
     def _commit(self, consumer: _MemoryConsumer, offsets: Mapping[TopicPartition, int]) -> None:
-        for (topic, partition), offset in offsets.items():
-            state = self._groups[(consumer.group, topic)]
-            state.committed[partition] = max(state.committed[partition], offset)
-        self._notify()
-
-    def _leave(self, consumer: _MemoryConsumer) -> None:
-        for topic in consumer.topics:
-            state = self._groups[(consumer.group, topic)]
-            if consumer in state.members:
-                state.members.remove(consumer)
-                state.rebalance()
+        committed = consumer.group.committed
+        for partition, offset in offsets.items():
+            if partition in consumer.positions:  # a partition no longer owned: dropped
+                committed[partition] = max(committed.get(partition, 0), offset)
         self._notify()
 
 
 class _MemoryConsumer:
-    """One subscriber's view of the memory broker."""
+    """One subscriber's view of the memory broker: a member of its group."""
 
-    def __init__(self, broker: MemoryBroker, group: str, topics: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        broker: MemoryBroker,
+        group: _Group,
+        topics: tuple[str, ...],
+        assignment: Assignment,
+    ) -> None:
         self._broker = broker
         self.group = group
         self.topics = topics
+        self._assignment = assignment
+        self.positions: dict[TopicPartition, int] = {}
+        self.paused: set[TopicPartition] = set()
+        # The assigned, unpaused partitions with their logs, as the fetch reads them.
+        self.readable: list[tuple[str, int, list[_Record]]] = []
+        self.next_first = 0  # where the next fetch starts, so every partition gets its turn
+        self.generation = 0
         self._stopped = False
+        self._closed = False
 
-    def member_index(self, state: _Group) -> int:
-        return state.members.index(self)
+    async def give_up(self) -> None:
+        """Hand every partition back; the pipeline finishes with them first."""
+        owned = list(self.positions)
+        if owned:
+            await self._assignment.revoked(owned)
+        self.positions = {}
+        self.paused = set()
+        self.readable = []
+
+    def take(self, partitions: list[TopicPartition], generation: int) -> None:
+        """Own ``partitions`` from the group's committed offsets on."""
+        broker = self._broker
+        self.generation = generation
+        self.positions = {p: broker._start_offset(self.group, p) for p in partitions}  # noqa: SLF001  # the broker's own consumer
+        self.paused = set()
+        self._refresh()
+        self._assignment.assigned(partitions)
+
+    def _refresh(self) -> None:
+        topics = self._broker._topics  # noqa: SLF001  # the broker's own consumer
+        self.readable = [
+            (topic, partition, topics[topic].partitions[partition])
+            for topic, partition in self.positions
+            if (topic, partition) not in self.paused
+        ]
 
     async def fetch(self, max_records: int) -> Sequence[Message]:
         waited = False
@@ -258,20 +364,63 @@ class _MemoryConsumer:
             waited = True
         return []
 
+    def pause(self, partitions: Collection[TopicPartition]) -> None:
+        self.paused.update(p for p in partitions if p in self.positions)
+        self._refresh()
+
+    def resume(self, partitions: Collection[TopicPartition]) -> None:
+        self.paused.difference_update(partitions)
+        self._refresh()
+        self._broker._notify()  # noqa: SLF001  # the broker's own consumer
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        return frozenset(self.positions)
+
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         self._broker._commit(self, offsets)  # noqa: SLF001  # the broker's own consumer
+
+    async def status(self) -> list[PartitionStatus]:
+        statuses = []
+        for topic, partition in sorted(self.positions):
+            end = self._broker.end_offsets(topic)[partition]
+            committed = self.group.committed.get((topic, partition))
+            statuses.append(PartitionStatus(topic, partition, committed, end))
+        return statuses
 
     def stop(self) -> None:
         self._stopped = True
         self._broker._notify()  # noqa: SLF001  # the broker's own consumer
 
     async def close(self) -> None:
+        """Leave the group: the others share its partitions out again."""
         self.stop()
-        self._broker._leave(self)  # noqa: SLF001  # the broker's own consumer
+        if self._closed:
+            return
+        self._closed = True
+        self.positions = {}
+        self.readable = []
+        await self._broker._rebalance(self.group, leaving=self)  # noqa: SLF001  # the broker's own consumer
 
 
 def _message(topic: str, partition: int, offset: int, record: _Record) -> Message:
     value, key, headers, timestamp_ms = record
+    if headers is None:
+        return Message(topic, partition, offset, value, key, {}, timestamp_ms)
     return Message(
-        topic, partition, offset, value, key, dict(headers) if headers else {}, timestamp_ms
+        topic, partition, offset, value, key, dict(headers), timestamp_ms, header_list=headers
     )
+
+
+class _Refused:
+    """The Delivery of a refused message: awaiting it raises the refusal."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: SendRejectedError) -> None:
+        self.error = error
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._raise().__await__()
+
+    async def _raise(self) -> None:
+        raise self.error

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-__all__ = ["Headers", "Message"]
+__all__ = ["HeaderPairs", "Headers", "Message"]
 
-Headers = Mapping[str, str | bytes]
+Headers = Mapping[str, str | bytes] | Sequence[tuple[str, str | bytes]]
+"""Headers to publish: a mapping, or (name, value) pairs in order, where a name may repeat."""
+HeaderPairs = Sequence[tuple[str, bytes]]
+"""Headers as a transport carries them: (name, value) pairs, in order; a name may repeat."""
 
 
 @dataclass(slots=True, eq=False)
@@ -16,6 +19,9 @@ class Message:
     """One message read from a topic.
 
     ``value`` is the raw body; ``attempt`` counts deliveries to the handler, from 1.
+    ``header_list`` holds the headers as the producer sent them: (name, value) pairs, in
+    order, a name possibly repeated; ``headers`` is a dict view of them, where a repeated
+    name has its last value.
     Inject it into a handler by annotating a parameter ``Message``, or into a REQUEST-scoped
     provider by giving the provider a ``Message`` parameter.
     """
@@ -28,6 +34,14 @@ class Message:
     headers: dict[str, bytes] = field(default_factory=dict)
     timestamp_ms: int = 0
     attempt: int = 1
+    header_list: tuple[tuple[str, bytes], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.header_list:
+            if not self.headers:
+                self.headers = dict(self.header_list)
+        elif self.headers:
+            self.header_list = tuple(self.headers.items())
 
     @property
     def timestamp(self) -> datetime:

@@ -22,7 +22,8 @@ from di_lifespan import (
     Subscription,
     provide,
 )
-from di_lifespan._broker import Delivery, TopicPartition
+from di_lifespan._broker import Assignment, Delivery, PartitionStatus, TopicPartition
+from di_lifespan._message import HeaderPairs
 
 
 class Journal:
@@ -131,10 +132,10 @@ class RecordingBroker:
         value: bytes,
         *,
         key: bytes | None = None,
-        headers: Mapping[str, bytes] | None = None,
+        headers: HeaderPairs | None = None,
     ) -> Delivery | None:
         delivery = await self.inner.send(topic, value, key=key, headers=headers)
-        cause = (headers or {}).get(CAUSE)
+        cause = dict(headers or ()).get(CAUSE)
         if cause is None:
             return delivery
         caused = Caused(topic, value, _coordinates(cause.decode()), delivery)
@@ -148,8 +149,8 @@ class RecordingBroker:
         """What ``send`` returns for a caused message; here, the inner broker's own."""
         return caused.inner
 
-    async def subscribe(self, subscription: Subscription) -> Consumer:
-        return _RecordingConsumer(await self.inner.subscribe(subscription), self)
+    async def subscribe(self, subscription: Subscription, assignment: Assignment) -> Consumer:
+        return _RecordingConsumer(await self.inner.subscribe(subscription, assignment), self)
 
     def record_commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         for (topic, partition), offset in offsets.items():
@@ -247,7 +248,7 @@ class Refusing(RecordingBroker):
         value: bytes,
         *,
         key: bytes | None = None,
-        headers: Mapping[str, bytes] | None = None,
+        headers: HeaderPairs | None = None,
     ) -> Delivery | None:
         if topic not in self.topics:
             return await super().send(topic, value, key=key, headers=headers)
@@ -278,6 +279,18 @@ class _RecordingConsumer:
 
     async def fetch(self, max_records: int) -> Sequence[Message]:
         return await self._inner.fetch(max_records)
+
+    def pause(self, partitions: Collection[TopicPartition]) -> None:
+        self._inner.pause(partitions)
+
+    def resume(self, partitions: Collection[TopicPartition]) -> None:
+        self._inner.resume(partitions)
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        return self._inner.assignment()
+
+    async def status(self) -> list[PartitionStatus]:
+        return await self._inner.status()
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         self._broker.record_commit(offsets)

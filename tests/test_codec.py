@@ -164,16 +164,35 @@ async def test_published_returns_what_was_published(value: Any, expected: Any) -
 
 def test_str_and_bytes_carry_a_content_type_and_json_none() -> None:
     """Only non-JSON bodies get a content-type header; a caller's own content-type wins."""
-    assert encode("hé") == (b"h\xc3\xa9", None, {CONTENT_TYPE: TEXT})
-    assert encode(b"\x00", "k") == (b"\x00", b"k", {CONTENT_TYPE: BINARY})
-    assert encode(bytearray(b"ab")) == (b"ab", None, {CONTENT_TYPE: BINARY})
-    assert encode({"a": 1}, b"k", {"h": "v"}) == (b'{"a":1}', b"k", {"h": b"v"})
+    assert encode("hé") == (b"h\xc3\xa9", None, [(CONTENT_TYPE, TEXT)])
+    assert encode(b"\x00", "k") == (b"\x00", b"k", [(CONTENT_TYPE, BINARY)])
+    assert encode(bytearray(b"ab")) == (b"ab", None, [(CONTENT_TYPE, BINARY)])
+    assert encode({"a": 1}, b"k", {"h": "v"}) == (b'{"a":1}', b"k", [("h", b"v")])
     assert encode(Point(x=1, label="p")) == (b'{"x":1,"label":"p"}', None, None)
     assert encode("{}", headers={CONTENT_TYPE: "application/json"}) == (
         b"{}",
         None,
-        {CONTENT_TYPE: b"application/json"},
+        [(CONTENT_TYPE, b"application/json")],
     )
+
+
+def test_headers_are_ordered_pairs_whose_names_may_repeat() -> None:
+    """Headers given as pairs keep their order and repeated names; bad ones are EncodingError."""
+    pairs: list[tuple[str, str | bytes]] = [("trace", "a"), ("hop", b"1"), ("hop", "2")]
+    assert encode(b"x", headers=pairs) == (
+        b"x",
+        None,
+        [(CONTENT_TYPE, BINARY), ("trace", b"a"), ("hop", b"1"), ("hop", b"2")],
+    )
+    bad_headers: list[tuple[Any, str]] = [
+        (["trace"], "a header of type str"),
+        ([("trace", "a", "b")], "a header of type tuple"),
+        ([(1, b"x")], "a header name of type int"),
+        ([("n", 1)], "header 'n' of type int"),
+    ]
+    for bad, named in bad_headers:
+        with pytest.raises(EncodingError, match=named):
+            encode(b"x", headers=bad)
 
 
 def message(value: bytes, content_type: bytes | None = None) -> Message:

@@ -345,7 +345,7 @@ async def test_a_huge_invalid_body_gives_a_small_dead_letter_and_short_log_lines
     body: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
     """x-error stays within 4 KiB and log lines short, however big the body; the body is kept."""
-    broker = MemoryBroker()
+    broker = MemoryBroker(max_message_bytes=8 * HUGE)
     app = App(broker=broker)
 
     @app.subscriber("orders", retry=FAST)
@@ -369,7 +369,7 @@ async def test_a_huge_error_message_is_cut_in_x_error_on_a_character_boundary(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A handler error quoting a 2 MB body: x-error is valid UTF-8 of at most 4 KiB, marked cut."""
-    broker = MemoryBroker()
+    broker = MemoryBroker(max_message_bytes=8_000_000)
     app = App(broker=broker)
 
     @app.subscriber("notes", retry=Retry(attempts=2, backoff=0.001))

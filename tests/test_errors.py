@@ -9,11 +9,13 @@ import pytest
 
 import di_lifespan
 from di_lifespan import (
+    BrokerUnavailableError,
     ConfigurationError,
     DependencyError,
     DiLifespanError,
     EmbeddedKafkaError,
     LifespanStateError,
+    SendRejectedError,
     ShutdownTimeoutError,
     StartupError,
     StartupTimeoutError,
@@ -25,7 +27,7 @@ def test_every_public_error_derives_from_the_root() -> None:
     """Every exception class di_lifespan exports is a DiLifespanError."""
     exported = [getattr(di_lifespan, name) for name in di_lifespan.__all__]
     errors = [item for item in exported if isinstance(item, type) and issubclass(item, Exception)]
-    assert len(errors) == 13
+    assert len(errors) == 16
     assert all(issubclass(error, DiLifespanError) for error in errors)
 
 
@@ -94,6 +96,14 @@ def test_the_tree_in_the_docstring_matches_the_classes() -> None:
         (
             EmbeddedKafkaError("port 9092 is already in use", address="127.0.0.1:9092"),
             "embedded Kafka broker on 127.0.0.1:9092: port 9092 is already in use",
+        ),
+        (
+            SendRejectedError("kafka://k:9092", "prices", "the message is too large"),
+            "send to prices on kafka://k:9092 failed: the message is too large",
+        ),
+        (
+            BrokerUnavailableError("kafka://k:9092", "commit", "NodeNotReadyError", waited=30),
+            "commit on kafka://k:9092 failed: NodeNotReadyError (unreachable for 30 s)",
         ),
     ],
 )

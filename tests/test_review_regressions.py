@@ -21,6 +21,7 @@ from di_lifespan import (
     Subscription,
     provide,
 )
+from di_lifespan._broker import Assignment
 from di_lifespan._memory import _MemoryConsumer
 
 
@@ -82,10 +83,12 @@ class Consumers(MemoryBroker):
         self.closed: list[str] = []
         self.fail_close = fail_close
 
-    async def subscribe(self, subscription: Subscription) -> _MemoryConsumer:
+    async def subscribe(
+        self, subscription: Subscription, assignment: Assignment
+    ) -> _MemoryConsumer:
         if "slow" in subscription.topics:
             await anyio.sleep(10)
-        consumer = await super().subscribe(subscription)
+        consumer = await super().subscribe(subscription, assignment)
         closed, fail = self.closed, self.fail_close
         close = consumer.close
 

@@ -165,7 +165,9 @@ async def read_all(broker: Broker, topic: str, count: int) -> list[Message]:
     """Read ``count`` messages of ``topic`` from its start with a fresh group, then leave."""
     from di_lifespan import Subscription
 
-    consumer = await broker.subscribe(Subscription((topic,), "reader", "reader"))
+    from .test_transport import Owned
+
+    consumer = await broker.subscribe(Subscription((topic,), "reader", "reader"), Owned())
     messages: list[Message] = []
     with anyio.fail_after(10):
         while len(messages) < count:
