@@ -558,10 +558,11 @@ def print_table(rows: list[Row]) -> None:
             if row.name != "di_lifespan" and our_rate and row.rate
             else "-"
         )
-        print(
+        line = (
             f"{CONTENDERS[row.name][0]:34}{row.partitions:>11}{row.messages:>10,}{seconds:>9}"
             f"{rate:>10}{ratio:>11}  {'; '.join(row.problems)}"
         )
+        print(line.rstrip())
 
 
 def print_targets(rows: list[Row]) -> None:
