@@ -73,7 +73,9 @@ DEAD_LETTER_HEADERS = MappingProxyType(
     }
 )
 MAX_RECORDS = 500  # messages a fetch returns at most
-PARTITION_QUEUE = 500  # a partition with this many messages queued is paused until half
+# A partition with this many messages queued is paused until it is down to a tenth. Large:
+# aiokafka drops what it had fetched ahead for a partition it pauses, and fetches it again.
+PARTITION_QUEUE = 5000
 TURN = 100  # messages a worker handles from one partition while others wait for a worker
 MAX_UNACKED = 10_000  # sends awaiting acknowledgement before handlers wait for the committer
 # A commit comes at least this often while a batch is being handled, so that a crash or a
@@ -162,7 +164,7 @@ class SubscriberLoop:
 
     - the fetcher keeps polling the consumer (the group must never think it is dead) and
       puts each message in its partition's queue; a queue holding ``PARTITION_QUEUE``
-      messages gets its partition paused until it is down to half;
+      messages gets its partition paused until it is down to a tenth;
     - ``max_concurrency`` workers each take a partition with queued messages and handle them
       in offset order; a partition is held by one worker at a time, and handed back after
       ``TURN`` messages when other partitions are waiting;
@@ -398,7 +400,7 @@ class SubscriberLoop:
         while queue and not self._stopping:
             message = tracker.message = queue.popleft()
             await self.deliver_one(message)
-            if partition in self._paused and len(queue) <= PARTITION_QUEUE // 2:
+            if partition in self._paused and len(queue) <= PARTITION_QUEUE // 10:
                 self._paused.discard(partition)
                 assert self.consumer is not None  # noqa: S101  # handling, so subscribed
                 self.consumer.resume([partition])

@@ -72,6 +72,16 @@ class PublishingFunction:
         return result
 
 
+class _HandlerName:
+    """The default ``group``: named after the handler."""
+
+    def __repr__(self) -> str:
+        return "<the handler's name>"
+
+
+HANDLER_NAME = _HandlerName()
+
+
 class Router:
     """A set of handlers and publishers; ``app.include_router(router)`` adds them to an app."""
 
@@ -91,7 +101,7 @@ class Router:
         self,
         topic: str,
         *more_topics: str,
-        group: str | None = None,
+        group: str | _HandlerName | None = HANDLER_NAME,
         retry: Retry | None = DEFAULT_RETRY,
         dead_letter: str | None = DEFAULT_DEAD_LETTER,
         max_concurrency: int = 1,
@@ -99,7 +109,11 @@ class Router:
         """Handle every message of ``topic`` (and ``more_topics``) with the decorated function.
 
         ``group`` shares the topics' partitions among the group's consumers and resumes from
-        its committed offsets. A failing handler is tried ``retry.attempts`` times in all,
+        its committed offsets (a new group from the start of the log). By default the group is
+        named after the handler (``module.function``; the function alone in a script run as
+        ``__main__``), so a restarted service misses nothing and replicas share the work;
+        ``group=None`` reads every partition from the end of the log and commits nothing.
+        A failing handler is tried ``retry.attempts`` times in all,
         then the message goes to ``dead_letter`` (``{topic}`` is the message's topic; None
         drops it with an error log line). ``max_concurrency`` partitions are handled at once;
         within a partition, messages are handled one at a time, in order.
@@ -108,7 +122,11 @@ class Router:
         where = f"subscriber({', '.join(map(repr, topics))})"
         for name in topics:
             _check_topic(where, name)
-        if group is not None and (not isinstance(group, str) or not group):
+        if (
+            group is not None
+            and not isinstance(group, _HandlerName)
+            and (not isinstance(group, str) or not group)
+        ):
             raise ConfigurationError(
                 where, f"group must be a non-empty string or None, got {group!r}"
             )
@@ -134,7 +152,7 @@ class Router:
             spec = HandlerSpec(
                 target,
                 topics,
-                group,
+                default_group(target) if isinstance(group, _HandlerName) else group,
                 retry,
                 dead_letter,
                 max_concurrency,
@@ -245,3 +263,14 @@ def _check_no_loop(where: str, topics: tuple[str, ...], dead_letter: str) -> Non
 def _check_topic(where: str, topic: object) -> None:
     if not isinstance(topic, str) or not topic.strip():
         raise ConfigurationError(where, f"a topic must be a non-empty string, got {topic!r}")
+
+
+def default_group(func: Callable[..., Any]) -> str:
+    """The consumer group of a subscriber given none: ``module.function``, stable over restarts.
+
+    A script run as ``__main__`` names it by the function alone, so that it stays the same
+    when the script is later imported by name.
+    """
+    name = function_name(func)
+    module = getattr(func, "__module__", None)
+    return name if module in {None, "__main__"} else f"{module}.{name}"
