@@ -17,7 +17,7 @@ from dishka import AsyncContainer, Provider, Scope
 from dishka.provider import BaseProvider
 from pydantic import BaseModel
 
-from ._broker import Broker
+from ._broker import Broker, PartitionStatus
 from ._brokers import broker_from
 from ._config import check_context, lifespan_factory
 from ._errors import (
@@ -223,6 +223,15 @@ class App:
         if self._run is None or self._run.container is None:
             raise LifespanStateError("use app.container", str(self._state))
         return self._run.container
+
+    async def partitions(self) -> dict[str, list[PartitionStatus]]:
+        """Per subscriber, the partitions it owns now, with committed and end offsets and lag.
+
+        For metrics and health checks; empty before delivery starts and after the run.
+        """
+        if self._run is None:
+            return {}
+        return await self._run.subscribers.partitions()
 
     @property
     def startup_report(self) -> StartupReport | None:

@@ -29,7 +29,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from ._broker import Broker, Consumer, Delivery, Subscription, TopicPartition
+from ._broker import Broker, Consumer, Delivery, PartitionStatus, Subscription, TopicPartition
 from ._codec import encode
 from ._errors import (
     DeliveryError,
@@ -796,6 +796,14 @@ class Subscribers:
             except DeliveryError as error:
                 self.crashes.append(_crash(error))
                 self._on_crash()
+
+    async def partitions(self) -> dict[str, list[PartitionStatus]]:
+        """Per running subscriber, the partitions its consumer owns, with offsets and lag."""
+        statuses: dict[str, list[PartitionStatus]] = {}
+        for loop in self._loops:
+            if loop.consumer is not None and not loop.finished.is_set():
+                statuses[loop.name] = await loop.consumer.status()
+        return statuses
 
     def deliver(self) -> None:
         """Let every loop hand messages to its handler."""

@@ -114,7 +114,7 @@ class LifespanRun:
         self._graph: ResourceGraph | None = None
         self._held: _HeldContext | None = None
         self._broker_started = False
-        self._subscribers = Subscribers(self._shields, on_crash=self._crashed)
+        self.subscribers = Subscribers(self._shields, on_crash=self._crashed)
         self._stop_requested = anyio.Event()
         self._exception: BaseException | None = None
 
@@ -193,7 +193,7 @@ class LifespanRun:
         try:
             await self._subscribe(loops, handlers)
             await self._run_startup_hooks("after_startup", resources)
-            self._subscribers.deliver()  # only now may a message reach a handler
+            self.subscribers.deliver()  # only now may a message reach a handler
             resources.started()
             self.served = True
             self.status = AppStatus.RUNNING
@@ -281,7 +281,7 @@ class LifespanRun:
 
     async def _subscribe(self, loops: TaskGroup, handlers: list[BoundHandler]) -> None:
         plan = self._plan
-        await self._subscribers.start(
+        await self.subscribers.start(
             loops,
             plan.broker,
             handlers,
@@ -338,7 +338,7 @@ class LifespanRun:
         failures: list[ShutdownStepError] = []
         if self.served:
             failures += await self._run_shutdown_hooks("on_shutdown")
-        failures += await self._subscribers.stop(self._plan.graceful_timeout)
+        failures += await self.subscribers.stop(self._plan.graceful_timeout)
         return failures
 
     async def _stop_the_rest(self) -> list[ShutdownStepError]:
@@ -349,7 +349,7 @@ class LifespanRun:
             failures += await self._held.leave(self._exception)
         if self._resources is not None:
             failures += await self._resources.close(self._exception)
-        return self._subscribers.crashes + failures
+        return self.subscribers.crashes + failures
 
     async def _stop_broker(self) -> list[ShutdownStepError]:
         if not self._broker_started:
