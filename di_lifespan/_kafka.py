@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     CommitFailedError,
     CorruptRecordException,
@@ -48,7 +49,13 @@ from tenacity import (
 from ._broker import Assignment, Delivery, PartitionStatus, Subscription
 from ._broker import TopicPartition as Partition
 from ._embedded import EmbeddedKafka
-from ._errors import BrokerUnavailableError, SendRejectedError, TransportError, describe
+from ._errors import (
+    BrokerUnavailableError,
+    ConfigurationError,
+    SendRejectedError,
+    TransportError,
+    describe,
+)
 from ._message import HeaderPairs, Message
 
 __all__ = ["EmbeddedKafkaBroker", "KafkaBroker", "KafkaConsumer"]
@@ -84,6 +91,10 @@ class KafkaBroker:
     producer's idempotence on (the default; the embedded broker cannot serve it). A broker
     that does not answer at startup is tried again, with backoff, for ``connect_timeout``
     seconds (each attempt logged) before the start fails.
+
+    ``create_topics`` maps topic names to partition counts: those the cluster does not have
+    yet are created at start, with ``replication_factor`` replicas each (topics that exist
+    are left as they are).
     """
 
     def __init__(
@@ -94,8 +105,15 @@ class KafkaBroker:
         idempotent: bool = True,
         session_timeout_ms: int = SESSION_TIMEOUT_MS,
         connect_timeout: float = CONNECT_TIMEOUT,
+        create_topics: Mapping[str, int] | None = None,
+        replication_factor: int = 1,
         url: str | None = None,
     ) -> None:
+        for topic, count in (create_topics or {}).items():
+            _check_count(f"KafkaBroker(create_topics[{topic!r}])", count)
+        _check_count("KafkaBroker(replication_factor)", replication_factor)
+        self._create_topics = dict(create_topics or {})
+        self._replication_factor = replication_factor
         self.bootstrap_servers = bootstrap_servers
         self.url = url or f"kafka://{bootstrap_servers}"
         self._options = dict(client_options or {})
@@ -117,6 +135,27 @@ class KafkaBroker:
         async for attempt in retrying:
             with attempt:
                 self._producer = await self._connect_producer()
+        if self._create_topics:
+            await self._create_missing_topics()
+
+    async def _create_missing_topics(self) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers, **self._options)
+        await admin.start()
+        try:
+            existing = set(await admin.list_topics())
+            wanted = [
+                NewTopic(topic, count, self._replication_factor)
+                for topic, count in self._create_topics.items()
+                if topic not in existing
+            ]
+            if wanted:
+                await admin.create_topics(wanted)
+                logger.info("created topics on %s: %s", self.url, ", ".join(t.name for t in wanted))
+        except KafkaError as error:
+            raise TransportError(self.url, "create topics", describe(error)) from error
+        finally:
+            with anyio.CancelScope(shield=True):
+                await admin.close()
 
     async def _connect_producer(self) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(
@@ -428,6 +467,11 @@ class KafkaConsumer:
         """Leave the group and disconnect."""
         self._stopped = True
         await self._consumer.stop()
+
+
+def _check_count(where: str, count: object) -> None:
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ConfigurationError(where, f"expected a positive whole number, got {count!r}")
 
 
 def _refusal(error: KafkaError) -> str:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import re
+import uuid
+from typing import Any
+
 import anyio
 import pytest
+from aiokafka import AIOKafkaConsumer
 from pydantic import BaseModel
 
 from di_lifespan import App, ConfigurationError, Message, StartupError
@@ -107,3 +112,34 @@ async def test_a_broker_that_comes_up_late_is_waited_for() -> None:
                     assert app.status == "running"
     finally:
         await anyio.to_thread.run_sync(kafka.stop)
+
+
+async def test_create_topics_makes_missing_topics_and_leaves_existing_ones(
+    kafka_bootstrap: str,
+) -> None:
+    """KafkaBroker(create_topics=) creates what is missing at start, with its partitions."""
+    topic = f"created-{uuid.uuid4().hex[:10]}"
+    for _ in range(2):  # the second start finds it there and leaves it alone
+        broker = KafkaBroker(kafka_bootstrap, idempotent=False, create_topics={topic: 4})
+        await broker.start()
+        await broker.stop()
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap)
+    await consumer.start()
+    try:
+        assert await consumer.topics() >= {topic}
+        assert consumer.partitions_for_topic(topic) == {0, 1, 2, 3}
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.parametrize(
+    ("options", "where"),
+    [
+        ({"create_topics": {"t": 0}}, "KafkaBroker(create_topics['t'])"),
+        ({"replication_factor": True}, "KafkaBroker(replication_factor)"),
+    ],
+)
+def test_bad_topic_counts_are_refused(options: dict[str, Any], where: str) -> None:
+    """A partition count or replication factor that is not a positive whole number is refused."""
+    with pytest.raises(ConfigurationError, match=re.escape(where)):
+        KafkaBroker("localhost:9092", **options)
