@@ -206,7 +206,8 @@ class SubscriberLoop:
         self._busy: set[TopicPartition] = set()  # held by a worker
         self._scheduled: set[TopicPartition] = set()  # waiting for a worker
         self._paused: set[TopicPartition] = set()
-        self._revoked: set[TopicPartition] = set()  # taken away, not given back since
+        self._revoked: set[TopicPartition] = set()  # being taken away, not given back since
+        self._handed_over: set[TopicPartition] = set()  # revoke settled: commit nothing more
         self._ready: deque[TopicPartition] = deque()  # partitions waiting for a worker
         self._ready_count = anyio.Semaphore(0)  # one release per partition put in _ready
         self._released = anyio.Event()  # a worker handed a partition back
@@ -224,13 +225,19 @@ class SubscriberLoop:
     def assigned(self, partitions: Collection[TopicPartition]) -> None:
         """The group gave these partitions to this subscriber."""
         self._revoked.difference_update(partitions)
+        self._handed_over.difference_update(partitions)
 
     async def revoked(self, partitions: Collection[TopicPartition]) -> None:
         """Drop their queued messages, finish the one in hand, commit exactly these."""
         gone = set(partitions)
         self._revoked |= gone
         self._paused -= gone
-        dropped = sum(len(self._queues.pop(partition, ())) for partition in gone)
+        dropped = 0
+        for partition in gone:
+            queue = self._queues.pop(partition, None)
+            if queue:
+                dropped += len(queue)
+                queue.clear()  # in place: a worker holding it stops after its message in hand
         with anyio.move_on_after(self._graceful_timeout):
             while self._busy & gone:
                 await self._released.wait()
@@ -238,6 +245,8 @@ class SubscriberLoop:
             await self.settle(gone)
         except Exception as error:  # noqa: BLE001  # a failed commit stops the subscriber
             self._fail(error)
+        # What finishes from now on belongs to the partitions' next owner: never committed here.
+        self._handed_over |= gone
         logger.info(
             "subscriber %s: partitions %s revoked%s",
             self.name,
@@ -257,7 +266,8 @@ class SubscriberLoop:
             await self._open.wait()
             if not self._stopping:
                 await self._run_tasks()
-            await self.settle()
+            if self._failure is None:  # after a transport failure, what is done may not be acked
+                await self.settle()
             self._raise_failure()
         except DeliveryError:
             raise
@@ -397,7 +407,8 @@ class SubscriberLoop:
     ) -> None:
         """Handle the partition's queued messages in order, until a stop or its turn ends."""
         handled = 0
-        while queue and not self._stopping:
+        revoked = self._revoked
+        while queue and not self._stopping and not (revoked and partition in revoked):
             message = tracker.message = queue.popleft()
             await self.deliver_one(message)
             if partition in self._paused and len(queue) <= PARTITION_QUEUE // 10:
@@ -492,7 +503,9 @@ class SubscriberLoop:
                 raise
             # The handler awaited something another task cancelled: that is its failure.
             await self._failed(message, HandlerCancelledError())
-        self._done[(message.topic, message.partition)] = message.offset + 1
+        partition = (message.topic, message.partition)
+        if not (self._handed_over and partition in self._handed_over):
+            self._done[partition] = message.offset + 1
 
     async def _failed(self, message: Message, error: Exception) -> None:
         if self._report_error is not None:

@@ -233,6 +233,19 @@ class MemoryBroker:
         """A new generation: every member gives its partitions up, then they are shared out."""
         if group.rebalancing is None:
             group.rebalancing = anyio.Lock()
+        # Shielded: a rebalance cut short would leave members with partitions half given up.
+        # Each revoke is bounded by its subscriber's graceful_timeout.
+        with anyio.CancelScope(shield=True):
+            await self._rebalance_now(group, joining, leaving)
+        self._notify()
+
+    async def _rebalance_now(
+        self,
+        group: _Group,
+        joining: _MemoryConsumer | None,
+        leaving: _MemoryConsumer | None,
+    ) -> None:
+        assert group.rebalancing is not None  # made by _rebalance  # noqa: S101
         async with group.rebalancing:
             for member in list(group.members):
                 if member is not leaving:
@@ -244,7 +257,6 @@ class MemoryBroker:
             group.generation += 1
             for member, partitions in self._share_out(group).items():
                 member.take(partitions, group.generation)
-        self._notify()
 
     def _share_out(self, group: _Group) -> dict[_MemoryConsumer, list[TopicPartition]]:
         """Kafka's range assignor: per topic, each member a contiguous range of partitions."""

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import anyio
 import pytest
 
-from di_lifespan import App, MemoryBroker, Message
+from di_lifespan import App, MemoryBroker, Message, StartupError
 
 from .drain import drained
 
@@ -94,3 +95,72 @@ async def test_app_partitions_lists_each_subscribers_partitions_with_lag() -> No
         release.set()
         await drained(broker)
         assert sum(s.lag for s in (await app.partitions())[work.__qualname__]) == 0
+
+
+def watching_app(
+    broker: MemoryBroker,
+    name: str,
+    log: list[tuple[str, int, int]],
+    active: list[tuple[str, int, int]],
+    **options: Any,
+) -> App:
+    """An app in group "g" whose handler logs (member, partition, offset) and takes 20 ms.
+
+    ``active`` holds the messages in hand of all the apps given it: a handler entered while
+    another is in the same partition logs "OVERLAP".
+    """
+    app = App(broker=broker, **options)
+
+    @app.subscriber("jobs", group="g", max_concurrency=2)
+    async def work(number: int, message: Message) -> None:
+        if any(entry[1] == message.partition for entry in active):
+            log.append(("OVERLAP", message.partition, message.offset))
+        entry = (name, message.partition, message.offset)
+        active.append(entry)
+        log.append(entry)
+        await anyio.sleep(0.02)
+        active.remove(entry)
+
+    work.__qualname__ = name
+    return app
+
+
+async def test_a_revoke_stops_the_partition_after_its_message_in_hand() -> None:
+    """Once revoked, a member handles no more of its queued messages: no overlap, no repeat."""
+    broker = MemoryBroker(partitions=2)
+    log: list[tuple[str, int, int]] = []
+    active: list[tuple[str, int, int]] = []
+    for number in range(60):
+        await broker.send("jobs", str(number).encode())
+    first = watching_app(broker, "first", log, active, graceful_timeout=0.3)
+    second = watching_app(broker, "second", log, active, graceful_timeout=0.3)
+    with anyio.fail_after(30):
+        async with first:
+            await anyio.sleep(0.1)
+            async with second:
+                await drained(broker)
+    assert [entry for entry in log if entry[0] == "OVERLAP"] == []
+    handled = Counter((partition, offset) for _, partition, offset in log)
+    assert [key for key, count in handled.items() if count > 1] == []
+    assert len(handled) == 60
+
+
+async def test_a_member_whose_join_times_out_leaves_the_others_working() -> None:
+    """A joining app cut short by its startup_timeout: the existing member goes on with all."""
+    broker = MemoryBroker(partitions=2)
+    log: list[tuple[str, int, int]] = []
+    active: list[tuple[str, int, int]] = []
+    for number in range(40):
+        await broker.send("jobs", str(number).encode())
+    first = watching_app(broker, "first", log, active, graceful_timeout=30)
+    late = watching_app(broker, "late", log, active, startup_timeout=0.005)
+    with anyio.fail_after(30):
+        async with first:
+            await anyio.sleep(0.05)
+            with pytest.raises(StartupError):
+                async with late:
+                    pass
+            for number in range(10):
+                await broker.send("jobs", str(100 + number).encode())
+            await drained(broker)
+    assert broker.committed("g", "jobs") == broker.end_offsets("jobs") == [25, 25]
