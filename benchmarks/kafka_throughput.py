@@ -521,7 +521,13 @@ def measure(
         elif worker.exitcode:
             row.problems.append(f"exit code {worker.exitcode}")
         finish.set()
-        totals = outputs.get(timeout=60)
+        try:
+            totals = outputs.get(timeout=60)
+        except queue.Empty:
+            row.problems.append("the output count did not come back within 60 s")
+            counter.kill()
+            counter.join()
+            return row
         counter.join()
         offsets = committed(setup)
         if first_handled.value and last_output is not None:
