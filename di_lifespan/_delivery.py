@@ -540,14 +540,18 @@ class SubscriberLoop:
     async def _acknowledge(self, deliveries: list[_Sent]) -> None:
         """Await each acknowledgement; dead-letter the messages whose results were refused."""
         refused: dict[int, tuple[Message, SendRejectedError]] = {}
+        answers: dict[int, SendRejectedError | None] = {}  # a batch is the Delivery of many
         for delivery, message, dead_letter in deliveries:
-            try:
-                await delivery
-            except SendRejectedError as refusal:
-                if dead_letter:
-                    self._dead_letter_refused(message, refusal)
-                else:
-                    refused.setdefault(id(message), (message, refusal))
+            key = id(delivery)
+            if key not in answers:
+                answers[key] = await _refusal_of(delivery)
+            answer = answers[key]
+            if answer is None:
+                continue
+            if dead_letter:
+                self._dead_letter_refused(message, answer)
+            else:
+                refused.setdefault(id(message), (message, answer))
         for message, error in refused.values():
             if self._report_error is not None:
                 self._report_error(error)
@@ -684,6 +688,15 @@ class SubscriberLoop:
         if self._dead_letter is None:
             return None
         return self._dead_letter.replace("{topic}", message.topic)
+
+
+async def _refusal_of(delivery: Delivery) -> SendRejectedError | None:
+    """Await the acknowledgement: None, or the broker's refusal of the message."""
+    try:
+        await delivery
+    except SendRejectedError as refusal:
+        return refusal
+    return None
 
 
 class HandlerCancelledError(Exception):

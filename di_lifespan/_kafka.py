@@ -36,6 +36,7 @@ from aiokafka.errors import (
     RecordTooLargeError,
     TopicAuthorizationFailedError,
 )
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from tenacity import (
     AsyncRetrying,
@@ -69,6 +70,7 @@ EMBEDDED_SESSION_TIMEOUT_MS = 2_000
 CONNECT_TIMEOUT = 15.0  # seconds an unreachable broker is tried again at startup
 POLL_MS = 100  # how long a fetch waits before it looks whether the consumer was stopped
 PIN_TIMEOUT = 5.0  # seconds a consumer without a group waits to learn its partitions
+BATCH_MESSAGES = 100  # a batch holding this many messages is sent without waiting for more
 COMMIT_TIMEOUT = 30.0  # seconds a commit is retried while the broker does not answer
 
 # What the broker answers about one message, and would answer again: that message is refused.
@@ -121,6 +123,7 @@ class KafkaBroker:
         self._session_timeout_ms = session_timeout_ms
         self._connect_timeout = connect_timeout
         self._producer: AIOKafkaProducer | None = None
+        self._batches: _Batches | None = None
 
     async def start(self) -> None:
         """Connect the producer; an unreachable broker is tried again until connect_timeout."""
@@ -135,6 +138,8 @@ class KafkaBroker:
         async for attempt in retrying:
             with attempt:
                 self._producer = await self._connect_producer()
+        batch_bytes = int(self._options.get("max_batch_size", 16_384))
+        self._batches = _Batches(self._producer, self.url, self._request_timeout, batch_bytes)
         if self._create_topics:
             await self._create_missing_topics()
 
@@ -185,8 +190,13 @@ class KafkaBroker:
     async def stop(self) -> None:
         """Flush what is queued and disconnect the producer."""
         producer, self._producer = self._producer, None
+        batches, self._batches = self._batches, None
         if producer is not None:
-            await producer.stop()
+            try:
+                if batches is not None:
+                    await batches.flush()
+            finally:
+                await producer.stop()
 
     async def send(
         self,
@@ -201,12 +211,15 @@ class KafkaBroker:
         Raises SendRejectedError for a message the producer refuses before sending it (larger
         than its ``max_request_size``); the Delivery raises it for one the broker refuses.
         """
-        if self._producer is None:
+        if self._producer is None or self._batches is None:
             raise RuntimeError(f"the broker {self.url} is not started")
+        pairs = list(headers) if headers else None
         try:
-            future = await self._producer.send(
-                topic, value, key=key, headers=list(headers) if headers else None
-            )
+            batch = await self._batches.add(topic, value, key, pairs)
+            if batch is not None:
+                return batch
+            # too large for a batch of its own: the producer sends it alone (or refuses it)
+            future = await self._producer.send(topic, value, key=key, headers=pairs)
         except REFUSALS as error:
             raise SendRejectedError(self.url, topic, _refusal(error)) from error
         except KafkaError as error:
@@ -307,6 +320,123 @@ async def _pin_positions(consumer: AIOKafkaConsumer) -> None:
             await anyio.sleep(0.01)
     for partition in consumer.assignment():
         await consumer.position(partition)
+
+
+class _Batches:
+    """Sends gathered per partition, each batch handed to the producer as one.
+
+    A batch is sent when it is full, or when a Delivery of it (or of any open batch) is
+    awaited: the pipeline awaits deliveries only when it commits, so everything its handlers
+    sent since the last commit goes out together, one request per partition. This saves the
+    producer's per-message work (a send per message costs several times a batch append).
+    Keys are placed by Kafka's default partitioner (murmur2), keyless messages at random.
+    """
+
+    def __init__(
+        self, producer: AIOKafkaProducer, url: str, timeout: float, batch_bytes: int
+    ) -> None:
+        self._producer = producer
+        self._batch_bytes = batch_bytes
+        self._url = url
+        self._timeout = timeout
+        self._open: dict[tuple[str, int], _Batch] = {}
+        self._partitions: dict[str, list[int]] = {}
+        self._partitioner = DefaultPartitioner()
+
+    async def add(
+        self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None
+    ) -> _Batch | None:
+        """The batch the message joined; None when it is too large for any batch."""
+        if len(value) + len(key or b"") > self._batch_bytes:
+            return None  # the producer checks it against max_request_size, and sends it alone
+        partitions = self._partitions.get(topic)
+        if partitions is None:
+            partitions = self._partitions[topic] = await self._partitions_of(topic)
+        where = (topic, self._partitioner(key, partitions, partitions))
+        batch = self._open.get(where)
+        if batch is None:
+            batch = self._open[where] = _Batch(self, self._producer.create_batch(), where)
+        if batch.append(value, key, headers):
+            if batch.count >= BATCH_MESSAGES:
+                await self._send(self._open.pop(where))
+            return batch
+        await self._send(self._open.pop(where))  # full: off it goes, and a new one starts
+        batch = self._open[where] = _Batch(self, self._producer.create_batch(), where)
+        return batch if batch.append(value, key, headers) else None
+
+    async def _partitions_of(self, topic: str) -> list[int]:
+        try:
+            found = await self._producer.partitions_for(topic)
+        except KafkaError as error:
+            raise BrokerUnavailableError(
+                self._url, f"send to {topic}", describe(error), waited=self._timeout
+            ) from error
+        return sorted(found)
+
+    def is_open(self, batch: _Batch) -> bool:
+        return self._open.get(batch.where) is batch
+
+    async def flush(self) -> None:
+        """Send every open batch."""
+        batches, self._open = self._open, {}
+        for batch in batches.values():
+            await self._send(batch)
+
+    async def _send(self, batch: _Batch) -> None:
+        topic, partition = batch.where
+        try:
+            batch.future = await self._producer.send_batch(
+                batch.builder, topic, partition=partition
+            )
+        except KafkaError as error:
+            batch.error = error
+        finally:
+            batch.sent.set()
+
+    def refusal(self, error: KafkaError, topic: str) -> TransportError:
+        if isinstance(error, REFUSALS):
+            return SendRejectedError(self._url, topic, _refusal(error))
+        return BrokerUnavailableError(
+            self._url, f"send to {topic}", describe(error), waited=self._timeout
+        )
+
+
+class _Batch:
+    """Messages for one partition, sent as one; the Delivery of each of them."""
+
+    __slots__ = ("batches", "builder", "count", "error", "future", "sent", "where")
+
+    def __init__(self, batches: _Batches, builder: Any, where: tuple[str, int]) -> None:
+        self.batches = batches
+        self.builder = builder
+        self.where = where
+        self.future: asyncio.Future[Any] | None = None
+        self.error: KafkaError | None = None
+        self.sent = anyio.Event()
+        self.count = 0
+
+    def append(
+        self, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None
+    ) -> bool:
+        added = self.builder.append(key=key, value=value, timestamp=None, headers=headers or [])
+        self.count += 1
+        return added is not None
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._wait().__await__()
+
+    async def _wait(self) -> None:
+        if self.batches.is_open(self):
+            await self.batches.flush()
+        if not self.sent.is_set():  # another task is sending it
+            await self.sent.wait()
+        try:
+            if self.error is not None:
+                raise self.error
+            assert self.future is not None  # sent without error  # noqa: S101
+            await self.future
+        except KafkaError as error:
+            raise self.batches.refusal(error, self.where[0]) from error
 
 
 class _Acknowledgement:
