@@ -80,7 +80,7 @@ def test_the_lifespan_examples_print_what_their_comments_say() -> None:
 
 def test_the_kafka_example_runs_on_an_embedded_broker() -> None:
     """The Kafka page's app bills and mails an order on embedded:// and prints the line."""
-    (code,) = python_blocks(DOCS / "kafka.md")
+    code, _security = python_blocks(DOCS / "kafka.md")
     assert run_block(code, "docs/kafka").splitlines() == ["mailing an invoice for pear: 6"]
 
 
