@@ -269,25 +269,38 @@ def services(topics: Topics, tmp_path: Path) -> Iterator[Callable[[str, float], 
         service.close()
 
 
-@pytest.mark.timeout(60)
-def test_a_killed_service_loses_nothing_and_repeats_only_what_it_had_not_committed(
-    topics: Topics, services: Callable[[str, float], Service]
-) -> None:
-    """SIGKILL mid-stream, restart: no input without output; repeats within the commit cadence."""
+def stop_mid_stream_and_restart(
+    topics: Topics, services: Callable[[str, float], Service], stop: signal.Signals
+) -> tuple[Reader, int, int]:
+    """2,000 inputs; ``stop`` the service after 400 outputs, start another, read to the end.
+
+    Returns the reader (every output read), how many ids were out at the stop, and the
+    first service's exit code.
+    """
     count = 2000
     produce_ids(topics.bootstrap, topics.input, count)
     first = services("first", 0.003)
     with Reader(topics.bootstrap, topics.output) as outputs:
         outputs.until(lambda: len(outputs.ids) >= 400, 30, "400 outputs of the first run")
-        assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+        exit_code = first.stop(stop)
         outputs.poll(0.5)
-        at_kill = len(outputs.ids)
-        assert at_kill < count, "the kill came after the stream ended"
+        at_stop = len(outputs.ids)
+        assert at_stop < count, "the stop came after the stream ended"
         second = services("second", 0.0)
         outputs.until(lambda: len(outputs.ids) == count, 30, f"all {count} ids")
         assert second.stop() == 0, second.stderr
         outputs.until_quiet()
     assert sorted(outputs.ids) == list(range(count))
+    return outputs, at_stop, exit_code
+
+
+@pytest.mark.timeout(60)
+def test_a_killed_service_loses_nothing_and_repeats_only_what_it_had_not_committed(
+    topics: Topics, services: Callable[[str, float], Service]
+) -> None:
+    """SIGKILL mid-stream, restart: no input without output; repeats within the commit cadence."""
+    outputs, at_kill, exit_code = stop_mid_stream_and_restart(topics, services, signal.SIGKILL)
+    assert exit_code == -signal.SIGKILL
     duplicates = outputs.duplicates
     logger.info("SIGKILL after %d ids: %d duplicate outputs", at_kill, duplicates)
     assert duplicates <= UNCOMMITTED_BOUND
@@ -298,20 +311,8 @@ def test_a_terminated_service_hands_over_exactly_once(
     topics: Topics, services: Callable[[str, float], Service]
 ) -> None:
     """SIGTERM mid-stream exits 0, and after a restart every input has exactly one output."""
-    count = 2000
-    produce_ids(topics.bootstrap, topics.input, count)
-    first = services("first", 0.003)
-    with Reader(topics.bootstrap, topics.output) as outputs:
-        outputs.until(lambda: len(outputs.ids) >= 400, 30, "400 outputs of the first run")
-        assert first.stop() == 0, first.stderr
-        outputs.poll(0.5)
-        at_stop = len(outputs.ids)
-        assert at_stop < count, "the stop came after the stream ended"
-        second = services("second", 0.0)
-        outputs.until(lambda: len(outputs.ids) == count, 30, f"all {count} ids")
-        assert second.stop() == 0, second.stderr
-        outputs.until_quiet()
-    assert sorted(outputs.ids) == list(range(count))
+    outputs, at_stop, exit_code = stop_mid_stream_and_restart(topics, services, signal.SIGTERM)
+    assert exit_code == 0
     repeated = {id_: n for id_, n in outputs.ids.items() if n > 1}
     assert repeated == {}, f"{len(repeated)} ids repeated after a graceful stop at {at_stop}"
 
