@@ -557,8 +557,8 @@ class SubscriberLoop:
                 self._report_error(error)
                 continue
             reason = f"failed: {describe(error)}"
-            dead = await self._send_dead_letter(message, error, reason=reason)
             try:
+                dead = await self._send_dead_letter(message, error, reason=reason)
                 if dead is not None:
                     await dead
             except SendRejectedError as refusal:
@@ -566,14 +566,12 @@ class SubscriberLoop:
 
     def _dead_letter_refused(self, message: Message, error: SendRejectedError) -> None:
         """Never a crash loop on one message: it is dropped, and the log line says so."""
-        log_error(
-            DeliveryError(
-                self.name,
-                f"its dead letter was refused, so the message is dropped: {describe(error)}",
-                topic=message.topic,
-                partition=message.partition,
-                offset=message.offset,
-            )
+        logger.error(
+            "handler %s: %s dropped: its dead letter was refused: %s",
+            self.name,
+            message.coordinates,
+            describe(error),
+            extra=log_fields(self.name, message),
         )
 
     async def _attempt(self, message: Message) -> None:
@@ -646,7 +644,11 @@ class SubscriberLoop:
 
     async def _give_up(self, message: Message, error: Exception, *, reason: str) -> None:
         """Dead-letter the message (or drop it, with dead_letter=None), logged; not awaited."""
-        delivery = await self._send_dead_letter(message, error, reason=reason)
+        try:
+            delivery = await self._send_dead_letter(message, error, reason=reason)
+        except SendRejectedError as refusal:  # refused at once, as too large: never a crash loop
+            self._dead_letter_refused(message, refusal)
+            return
         if delivery is not None:
             self._deliveries.append((delivery, message, True))
 

@@ -216,10 +216,13 @@ class KafkaBroker:
         pairs = list(headers) if headers else None
         try:
             batch = await self._batches.add(topic, value, key, pairs)
-            if batch is not None:
+            if isinstance(batch, _Batch):
                 return batch
-            # too large for a batch of its own: the producer sends it alone (or refuses it)
-            future = await self._producer.send(topic, value, key=key, headers=pairs)
+            # Too large for a batch: the producer sends it alone (or refuses it), after what
+            # was gathered before it for the same partition, so that order is kept.
+            future = await self._producer.send(
+                topic, value, key=key, headers=pairs, partition=batch
+            )
         except REFUSALS as error:
             raise SendRejectedError(self.url, topic, _refusal(error)) from error
         except KafkaError as error:
@@ -345,14 +348,20 @@ class _Batches:
 
     async def add(
         self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None
-    ) -> _Batch | None:
-        """The batch the message joined; None when it is too large for any batch."""
-        if len(value) + len(key or b"") > self._batch_bytes:
-            return None  # the producer checks it against max_request_size, and sends it alone
+    ) -> _Batch | int:
+        """The batch the message joined; or, for one too large for a batch, its partition.
+
+        Then the batch gathered for that partition has been sent: the message goes after it.
+        """
         partitions = self._partitions.get(topic)
         if partitions is None:
             partitions = self._partitions[topic] = await self._partitions_of(topic)
-        where = (topic, self._partitioner(key, partitions, partitions))
+        partition: int = self._partitioner(key, partitions, partitions)
+        where = (topic, partition)
+        if len(value) + len(key or b"") > self._batch_bytes:
+            if where in self._open:
+                await self._send(self._open.pop(where))
+            return partition
         batch = self._open.get(where)
         if batch is None:
             batch = self._open[where] = _Batch(self, self._producer.create_batch(), where)
@@ -362,7 +371,10 @@ class _Batches:
             return batch
         await self._send(self._open.pop(where))  # full: off it goes, and a new one starts
         batch = self._open[where] = _Batch(self, self._producer.create_batch(), where)
-        return batch if batch.append(value, key, headers) else None
+        if batch.append(value, key, headers):
+            return batch
+        del self._open[where]  # it holds nothing: the message goes alone
+        return partition
 
     async def _partitions_of(self, topic: str) -> list[int]:
         try:

@@ -80,6 +80,7 @@ class MemoryBroker:
         self._default_partitions = partitions
         self._topic_partitions = dict(topic_partitions or {})
         self.max_message_bytes = max_message_bytes
+        self._quick_limit = max_message_bytes // 2  # a smaller value alone always fits
         self._topics: dict[str, _Topic] = {}
         self._groups: dict[str, _Group] = {}
         self._anonymous = itertools.count(1)
@@ -104,7 +105,9 @@ class MemoryBroker:
         headers: HeaderPairs | None = None,
     ) -> Delivery | None:
         """Store the message in its partition; it is acknowledged at once (or refused)."""
-        if len(value) > self.max_message_bytes and self._too_large(value, key, headers):
+        if (headers or key or len(value) > self._quick_limit) and self._too_large(
+            value, key, headers
+        ):
             return _Refused(SendRejectedError(self.url, topic, self._size_reason(value)))
         log = self._topics.get(topic) or self._topic(topic)
         partition = next(log.next_keyless) if key is None else self._partition_of(key, log)
@@ -119,8 +122,8 @@ class MemoryBroker:
 
     def _size_reason(self, value: bytes) -> str:
         return (
-            f"the message is too large: {len(value)} bytes, more than max_message_bytes"
-            f" ({self.max_message_bytes})"
+            f"the message is too large: {len(value)} bytes of value, with its key and headers"
+            f" more than max_message_bytes ({self.max_message_bytes})"
         )
 
     def _partition_of(self, key: bytes, log: _Topic) -> int:

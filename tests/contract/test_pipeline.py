@@ -174,3 +174,54 @@ async def read_all(broker: Broker, topic: str, count: int) -> list[Message]:
             messages.extend(await consumer.fetch(count - len(messages)))
     await consumer.close()
     return messages
+
+
+async def test_results_of_mixed_sizes_keep_their_order_within_a_partition(
+    unstarted_broker: Broker, topic: str
+) -> None:
+    """Large results (sent alone) come out in order with small ones (sent in batches)."""
+    app = App(broker=unstarted_broker)
+    seen: list[int] = []
+    done = anyio.Event()
+
+    @app.subscriber(topic, group="sizes")
+    @app.publisher(f"{topic}.out")
+    async def pad(number: int) -> dict[str, object]:
+        return {"n": number, "pad": "p" * (100_000 if number % 5 == 3 else 10)}
+
+    @app.subscriber(f"{topic}.out", group="sink")
+    async def sink(body: dict[str, object]) -> None:
+        seen.append(int(str(body["n"])))
+        if len(seen) == 20:
+            done.set()
+
+    with anyio.fail_after(60):
+        async with app:
+            for number in range(20):
+                await app.publish(topic, number, key="same")
+            await done.wait()
+    assert seen == list(range(20))
+
+
+async def test_a_dead_letter_the_broker_refuses_drops_the_message_and_goes_on(
+    unstarted_broker: Broker, topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An input near the size limit whose dead letter is too large: dropped, logged, go on."""
+    app = App(broker=unstarted_broker)
+    handled: list[int] = []
+    done = anyio.Event()
+
+    @app.subscriber(topic, group="near-limit", retry=None)
+    async def fail_big(body: bytes, message: Message) -> None:
+        if len(body) > 1_000:
+            raise ValueError("e" * 10_000)  # x-error (4 KiB) pushes the dead letter over
+        handled.append(message.offset)
+        done.set()
+
+    with anyio.fail_after(60):
+        async with app:
+            await app.publish(topic, b"b" * (1_048_576 - 500), key="same")
+            await app.publish(topic, b"next", key="same")
+            await done.wait()
+    assert handled == [1]
+    assert "dropped: its dead letter was refused" in caplog.text
