@@ -9,8 +9,10 @@ taken its handlers.
 from __future__ import annotations
 
 import functools
+import sys
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from ._errors import ConfigurationError, LifespanStateError
@@ -110,8 +112,8 @@ class Router:
 
         ``group`` shares the topics' partitions among the group's consumers and resumes from
         its committed offsets (a new group from the start of the log). By default the group is
-        named after the handler (``module.function``; the function alone in a script run as
-        ``__main__``), so a restarted service misses nothing and replicas share the work;
+        named after the handler (``module.function``, a script's module named as it would be
+        imported), so a restarted service misses nothing and replicas share the work;
         ``group=None`` reads every partition from the end of the log and commits nothing.
         A failing handler is tried ``retry.attempts`` times in all,
         then the message goes to ``dead_letter`` (``{topic}`` is the message's topic; None
@@ -268,9 +270,21 @@ def _check_topic(where: str, topic: object) -> None:
 def default_group(func: Callable[..., Any]) -> str:
     """The consumer group of a subscriber given none: ``module.function``, stable over restarts.
 
-    A script run as ``__main__`` names it by the function alone, so that it stays the same
-    when the script is later imported by name.
+    A script's module is named as it would be imported (``python svc.py``, ``python -m svc``
+    and ``import svc`` all give ``svc.handle``), so that changing how it is started does not
+    start a new group.
     """
     name = function_name(func)
     module = getattr(func, "__module__", None)
-    return name if module in {None, "__main__"} else f"{module}.{name}"
+    if module == "__main__":
+        module = _main_module_name()
+    return name if module is None else f"{module}.{name}"
+
+
+def _main_module_name() -> str | None:
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name and spec.name != "__main__":
+        return str(spec.name).removesuffix(".__main__")
+    path = getattr(main, "__file__", None)
+    return Path(path).stem if path else None

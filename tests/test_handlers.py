@@ -5,8 +5,12 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,7 +34,7 @@ from di_lifespan import (
     provide,
 )
 from tests.drain import drained
-from tests.resources import Journal, app_on_memory
+from tests.resources import ROOT, Journal, app_on_memory
 
 
 class Order(BaseModel):
@@ -571,3 +575,29 @@ async def test_a_router_running_in_two_apps_at_once_refuses_to_guess() -> None:
     async with first, second:
         with pytest.raises(ConfigurationError, match=r"included in 2 running apps"):
             await make()
+
+
+def test_a_subscribers_default_group_is_named_after_its_handler_however_it_is_started(
+    tmp_path: Path,
+) -> None:
+    """`python svc.py`, `python -m svc` and `import svc` all give the group "svc.handle"."""
+    (tmp_path / "svc.py").write_text(
+        "from di_lifespan import App\n"
+        "app = App()\n"
+        "@app.subscriber('t')\n"
+        "async def handle(body: bytes) -> None: ...\n"
+        "print(app._router.handlers[0].group)\n"
+    )
+    environment = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"}
+    groups = {
+        subprocess.run(
+            [sys.executable, *how],
+            cwd=tmp_path,
+            env=environment,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for how in (["svc.py"], ["-m", "svc"], ["-c", "import svc"])
+    }
+    assert groups == {"svc.handle"}
