@@ -88,12 +88,17 @@ class MemoryBroker:
         self._key_partitions: dict[tuple[bytes, int], int] = {}
         # Made only while someone waits: an event per send would cost more than the send.
         self._changed: anyio.Event | None = None
+        # The consumers subscribed to each topic: a send wakes only those waiting on it.
+        self._readers: dict[str, list[_MemoryConsumer]] = {}
 
     async def start(self) -> None:
         """Nothing to connect to."""
 
     async def stop(self) -> None:
         """Nothing to flush: every send is stored at once. Wake every waiting fetch."""
+        for readers in self._readers.values():
+            for reader in readers:
+                reader.wake()
         self._notify()
 
     async def send(
@@ -113,6 +118,8 @@ class MemoryBroker:
         partition = next(log.next_keyless) if key is None else self._partition_of(key, log)
         stored = tuple(headers) if headers else None
         log.partitions[partition].append((value, key, stored, time.time_ns() // 1_000_000))
+        for reader in self._readers.get(topic, ()):
+            reader.wake()
         self._notify()
         return None
 
@@ -148,8 +155,16 @@ class MemoryBroker:
         if group is None:
             group = self._groups[name] = _Group({}, from_end=subscription.group is None)
         consumer = _MemoryConsumer(self, group, subscription.topics, assignment)
+        for topic in subscription.topics:
+            self._readers.setdefault(topic, []).append(consumer)
         await self._rebalance(group, joining=consumer)
         return consumer
+
+    def _forget(self, consumer: _MemoryConsumer) -> None:
+        for topic in consumer.topics:
+            readers = self._readers.get(topic, [])
+            if consumer in readers:
+                readers.remove(consumer)
 
     # --- what tests and the test client read ---------------------------------------------
 
@@ -260,6 +275,7 @@ class MemoryBroker:
             group.generation += 1
             for member, partitions in self._share_out(group).items():
                 member.take(partitions, group.generation)
+                member.wake()
 
     def _share_out(self, group: _Group) -> dict[_MemoryConsumer, list[TopicPartition]]:
         """Kafka's range assignor: per topic, each member a contiguous range of partitions."""
@@ -338,6 +354,13 @@ class _MemoryConsumer:
         self.generation = 0
         self._stopped = False
         self._closed = False
+        self._woken: anyio.Event | None = None  # made only while a fetch waits
+
+    def wake(self) -> None:
+        """Something to read may have come (a send, a resume, a rebalance, a stop)."""
+        if self._woken is not None:
+            self._woken.set()
+            self._woken = None
 
     async def give_up(self) -> None:
         """Hand every partition back; the pipeline finishes with them first."""
@@ -375,7 +398,9 @@ class _MemoryConsumer:
                     # task run (a test's settle_timeout, a stop): yield to the loop once.
                     await anyio.lowlevel.checkpoint()
                 return batch
-            await self._broker.wait_for_change()
+            if self._woken is None:
+                self._woken = anyio.Event()
+            await self._woken.wait()
             waited = True
         return []
 
@@ -386,7 +411,7 @@ class _MemoryConsumer:
     def resume(self, partitions: Collection[TopicPartition]) -> None:
         self.paused.difference_update(partitions)
         self._refresh()
-        self._broker._notify()  # noqa: SLF001  # the broker's own consumer
+        self.wake()
 
     def assignment(self) -> frozenset[TopicPartition]:
         return frozenset(self.positions)
@@ -404,7 +429,7 @@ class _MemoryConsumer:
 
     def stop(self) -> None:
         self._stopped = True
-        self._broker._notify()  # noqa: SLF001  # the broker's own consumer
+        self.wake()
 
     async def close(self) -> None:
         """Leave the group: the others share its partitions out again."""
@@ -414,6 +439,7 @@ class _MemoryConsumer:
         self._closed = True
         self.positions = {}
         self.readable = []
+        self._broker._forget(self)  # noqa: SLF001  # the broker's own consumer
         await self._broker._rebalance(self.group, leaving=self)  # noqa: SLF001  # the broker's own consumer
 
 
