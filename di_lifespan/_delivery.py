@@ -262,6 +262,7 @@ class SubscriberLoop:
         Raises DeliveryError when the transport fails under it (a send, fetch or commit that
         cannot succeed); a handler's own failure never ends the loop.
         """
+        failed: DeliveryError | None = None
         try:
             await self._open.wait()
             if not self._stopping:
@@ -269,14 +270,16 @@ class SubscriberLoop:
             if self._failure is None:  # after a transport failure, what is done may not be acked
                 await self.settle()
             self._raise_failure()
-        except DeliveryError:
+        except DeliveryError as error:
+            failed = error
             raise
         except (Exception, SystemExit, KeyboardInterrupt) as error:
             # SystemExit or KeyboardInterrupt out of a handler (a library calling sys.exit())
             # stops the app like a transport failure: gracefully, and named.
-            raise DeliveryError(self.name, describe(error)) from error
+            failed = DeliveryError(self.name, describe(error))
+            raise failed from error
         finally:
-            await self._leave()
+            await self._leave(failed)
 
     async def _run_tasks(self) -> None:
         async with anyio.create_task_group() as tasks:
@@ -288,16 +291,23 @@ class SubscriberLoop:
             self._closing = True  # every worker returned: the final settle is run()'s
             self._commit_wanted.set()
 
-    async def _leave(self) -> None:
+    async def _leave(self, failed: DeliveryError | None) -> None:
+        """Close the consumer. Its failure is raised, or noted on the run's own failure."""
         consumer = self.consumer
         try:
             if consumer is not None:
                 with self._shields.shield():
                     await consumer.close()
-        except Exception as error:
-            raise DeliveryError(
+        except (Exception, anyio.get_cancelled_exc_class()) as error:
+            if not isinstance(error, Exception) and not is_stray_cancellation(error):
+                raise  # a real cancellation (a forced stop)
+            # A client's own CancelledError out of its close is a failed close.
+            leaving = DeliveryError(
                 self.name, f"leaving its consumer group failed: {describe(error)}"
-            ) from error
+            )
+            if failed is None:
+                raise leaving from error
+            failed.add_note(f"then {leaving}")  # the first failure is the one to act on
         finally:
             self.finished.set()
 

@@ -57,6 +57,7 @@ from ._errors import (
     TransportError,
     describe,
 )
+from ._limits import is_stray_cancellation
 from ._message import HeaderPairs, Message
 
 __all__ = ["EmbeddedKafkaBroker", "KafkaBroker", "KafkaConsumer"]
@@ -606,9 +607,20 @@ class KafkaConsumer:
         self._stopped = True
 
     async def close(self) -> None:
-        """Leave the group and disconnect."""
+        """Leave the group and disconnect.
+
+        aiokafka's stop can let out a CancelledError of its own (it cancels a fetch sleeping
+        in its error backoff, and awaits it): that is a failed close, not a cancellation.
+        """
         self._stopped = True
-        await self._consumer.stop()
+        try:
+            await self._consumer.stop()
+        except asyncio.CancelledError as error:
+            if not is_stray_cancellation(error):
+                raise
+            raise TransportError(
+                self._url, "leave the group", "the client's stop was cut short"
+            ) from error
 
 
 def _check_count(where: str, count: object) -> None:

@@ -176,6 +176,7 @@ class LifespanRun:
         await resources.start_all()
         handlers = await self._bind_handlers()
         await self._start_broker()
+        failure: BaseException | None = None
         async with anyio.create_task_group() as loops:
             # Raised inside, a failure would reach the caller wrapped in an ExceptionGroup.
             failure = await self._serve(loops, handlers, resources, task_status)

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from typing import Any
 
 import anyio
 import pytest
 
-from di_lifespan import App, MemoryBroker, Message, StartupError
+from di_lifespan import (
+    App,
+    Assignment,
+    MemoryBroker,
+    Message,
+    ShutdownError,
+    StartupError,
+    Subscription,
+)
+from di_lifespan._memory import _MemoryConsumer
 
 from .drain import drained
 
@@ -102,9 +112,10 @@ def watching_app(
     name: str,
     log: list[tuple[str, int, int]],
     active: list[tuple[str, int, int]],
+    handler_seconds: float = 0.02,
     **options: Any,
 ) -> App:
-    """An app in group "g" whose handler logs (member, partition, offset) and takes 20 ms.
+    """An app in group "g" whose handler logs (member, partition, offset) and takes a while.
 
     ``active`` holds the messages in hand of all the apps given it: a handler entered while
     another is in the same partition logs "OVERLAP".
@@ -118,7 +129,7 @@ def watching_app(
         entry = (name, message.partition, message.offset)
         active.append(entry)
         log.append(entry)
-        await anyio.sleep(0.02)
+        await anyio.sleep(handler_seconds)
         active.remove(entry)
 
     work.__qualname__ = name
@@ -150,9 +161,10 @@ async def test_a_member_whose_join_times_out_leaves_the_others_working() -> None
     broker = MemoryBroker(partitions=2)
     log: list[tuple[str, int, int]] = []
     active: list[tuple[str, int, int]] = []
-    for number in range(40):
+    for number in range(10):
         await broker.send("jobs", str(number).encode())
-    first = watching_app(broker, "first", log, active, graceful_timeout=30)
+    # 100 ms a message: the join waits for the message in hand, longer than its 5 ms limit
+    first = watching_app(broker, "first", log, active, 0.1, graceful_timeout=30)
     late = watching_app(broker, "late", log, active, startup_timeout=0.005)
     with anyio.fail_after(30):
         async with first:
@@ -163,4 +175,35 @@ async def test_a_member_whose_join_times_out_leaves_the_others_working() -> None
             for number in range(10):
                 await broker.send("jobs", str(100 + number).encode())
             await drained(broker)
-    assert broker.committed("g", "jobs") == broker.end_offsets("jobs") == [25, 25]
+    assert broker.committed("g", "jobs") == broker.end_offsets("jobs") == [10, 10]
+
+
+class StrayCancelOnClose(MemoryBroker):
+    """A memory broker whose consumers' close lets out a CancelledError of its own."""
+
+    async def subscribe(
+        self, subscription: Subscription, assignment: Assignment
+    ) -> _MemoryConsumer:
+        consumer = await super().subscribe(subscription, assignment)
+        close = consumer.close
+
+        async def close_badly() -> None:
+            await close()
+            raise asyncio.CancelledError  # as aiokafka's stop can, cancelling a task of its own
+
+        consumer.close = close_badly  # type: ignore[method-assign]  # a test double
+        return consumer
+
+
+async def test_a_client_cancelling_itself_in_its_close_is_a_named_shutdown_failure() -> None:
+    """A stray CancelledError from a consumer's close: a ShutdownError naming the subscriber."""
+    app = App(broker=StrayCancelOnClose())
+
+    @app.subscriber("jobs", group="g")
+    async def work(number: int) -> None: ...
+
+    with anyio.fail_after(10), pytest.raises(ShutdownError) as caught:
+        async with app:
+            await app.publish("jobs", 1)
+    (failure,) = caught.value.exceptions
+    assert "leaving its consumer group failed: CancelledError" in str(failure)
