@@ -8,11 +8,11 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from confluent_kafka.admin import AdminClient
 
 import di_lifespan
 from di_lifespan import EmbeddedKafkaError
 from di_lifespan.kafka import EmbeddedKafka
+from tests.confluent import AdminClient
 
 
 @pytest.fixture
@@ -75,8 +75,8 @@ def test_the_advertised_address_is_what_the_metadata_names() -> None:
     """advertised_address is the broker address clients are told, not the listener's."""
     with EmbeddedKafka(advertised_address="127.0.0.1:1") as kafka:
         settings = {"bootstrap.servers": kafka.bootstrap_servers, "log_level": 3}
-        admin = AdminClient(settings)  # type: ignore[no-untyped-call]  # confluent-kafka is unannotated
-        brokers = admin.list_topics(timeout=10).brokers  # type: ignore[no-untyped-call]  # as above
+        admin = AdminClient(settings)
+        brokers = admin.list_topics(timeout=10).brokers
     assert [(broker.host, broker.port) for broker in brokers.values()] == [("127.0.0.1", 1)]
 
 

@@ -26,12 +26,11 @@ import anyio.to_thread
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka import Message as KafkaRecord
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
 from pydantic import BaseModel
 
 from di_lifespan import App
 from di_lifespan.kafka import KafkaBroker
+from tests.confluent import AdminClient, NewTopic
 
 logger = logging.getLogger(__name__)  # the measured repeats: run with --log-cli-level=INFO
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,9 +64,9 @@ def topics(kafka_bootstrap: str) -> Topics:
     """Fresh input, output and dead-letter topics (3 partitions each) and a fresh group name."""
     name = f"it-{uuid.uuid4().hex[:10]}"
     made = Topics(kafka_bootstrap, f"{name}.in", f"{name}.out", f"{name}.group")
-    admin = AdminClient(client(kafka_bootstrap))  # type: ignore[no-untyped-call]  # unannotated
+    admin = AdminClient(client(kafka_bootstrap))
     wanted = [made.input, made.output, f"{made.input}.dlq"]
-    futures = admin.create_topics(  # type: ignore[no-untyped-call]  # as above
+    futures = admin.create_topics(
         [NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1) for topic in wanted]
     )
     for future in futures.values():
