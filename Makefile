@@ -36,6 +36,8 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/startup.py
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/overload.py
+	$(BIN)/python benchmarks/kafka_throughput.py
 
 check: test lint typecheck docs
 
