@@ -347,36 +347,41 @@ class _Batches:
         self._partitions: dict[str, list[int]] = {}
         self._partitioner = DefaultPartitioner()
         self._sticky: dict[str, int] = {}  # where a topic's keyless messages go now
+        self._locks: dict[tuple[str, int], anyio.Lock] = {}  # one hand-over at a time
 
     async def add(
         self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None
     ) -> _Batch | int:
         """The batch the message joined; or, for one too large for a batch, its partition.
 
-        Then the batch gathered for that partition has been sent: the message goes after it.
+        Then the batch gathered for that partition has been handed over: the message goes
+        after it. Nothing is awaited between reading the open batch and replacing it, so
+        concurrent senders never lose a batch.
         """
         partitions = self._partitions.get(topic)
         if partitions is None:
             partitions = self._partitions[topic] = await self._partitions_of(topic)
         partition = self._place(topic, key, partitions)
         where = (topic, partition)
-        if len(value) + len(key or b"") > self._batch_bytes:
-            if where in self._open:
-                await self._send(self._open.pop(where))
+        size = len(value) + len(key or b"") + sum(len(n) + len(v) for n, v in headers or ())
+        if size > self._batch_bytes:
+            await self._hand_over(self._open.pop(where, None))
             return partition
         batch = self._open.get(where)
         if batch is None:
             batch = self._open[where] = _Batch(self, self._producer.create_batch(), where)
         if batch.append(value, key, headers):
             if batch.count >= BATCH_MESSAGES:
-                await self._send(self._open.pop(where))
+                del self._open[where]
+                await self._hand_over(batch)
             return batch
-        await self._send(self._open.pop(where))  # full: off it goes, and a new one starts
-        batch = self._open[where] = _Batch(self, self._producer.create_batch(), where)
-        if batch.append(value, key, headers):
-            return batch
-        del self._open[where]  # it holds nothing: the message goes alone
-        return partition
+        # Full: a fresh batch takes its place before the full one is handed over.
+        fresh = self._open[where] = _Batch(self, self._producer.create_batch(), where)
+        appended = fresh.append(value, key, headers)
+        if not appended:
+            del self._open[where]
+        await self._hand_over(batch)
+        return fresh if appended else partition
 
     def _place(self, topic: str, key: bytes | None, partitions: list[int]) -> int:
         """A key's partition by murmur2; keyless messages stick to one partition per batch.
@@ -405,28 +410,67 @@ class _Batches:
         return self._open.get(batch.where) is batch
 
     async def flush(self) -> None:
-        """Send every open batch."""
+        """Hand every open batch over to the producer."""
         batches, self._open = self._open, {}
-        for batch in batches.values():
-            await self._send(batch)
+        await self._hand_over(*batches.values())
+
+    async def _hand_over(self, *batches: _Batch | None) -> None:
+        """Send ``batches``: taken from _open, each must reach the producer or fail its waiters.
+
+        Shielded from the app's cancellations. A native asyncio cancellation (a caller's
+        ``asyncio.wait_for``) still gets through: the batches not handed over then fail with
+        a TransportError, so that no waiter hangs; their inputs are not committed.
+        """
+        pending = [batch for batch in batches if batch is not None]
+        try:
+            with anyio.CancelScope(shield=True):
+                while pending:
+                    await self._send(pending[0])
+                    pending.pop(0)
+        except BaseException:
+            for batch in pending:
+                if not batch.sent.is_set():
+                    batch.error = TransportError(
+                        self._url, f"send to {batch.where[0]}", "the hand-over was cancelled"
+                    )
+                    batch.sent.set()
+            raise
 
     async def _send(self, batch: _Batch) -> None:
-        topic, partition = batch.where
-        try:
-            batch.future = await self._producer.send_batch(
-                batch.builder, topic, partition=partition
-            )
-        except KafkaError as error:
-            batch.error = error
-        finally:
-            batch.sent.set()
+        """Hand one batch to the producer, after the batches of its partition handed earlier.
 
-    def refusal(self, error: KafkaError, topic: str) -> TransportError:
+        The partition's lock is taken before the first pause when it is free, so batches
+        reach the producer in the order their hand-over began: the order of the partition.
+        """
+        topic, partition = batch.where
+        lock = self._locks.get(batch.where)
+        if lock is None:
+            lock = self._locks[batch.where] = anyio.Lock()
+        async with lock:
+            try:
+                batch.future = await self._producer.send_batch(
+                    batch.builder, topic, partition=partition
+                )
+            except Exception as error:  # noqa: BLE001  # handed to the waiters, mapped there
+                batch.error = error
+            except BaseException:
+                batch.error = TransportError(
+                    self._url, f"send to {topic}", "the hand-over was cancelled"
+                )
+                raise
+            finally:
+                batch.sent.set()
+
+    def refusal(self, error: Exception, topic: str) -> TransportError:
+        if isinstance(error, TransportError):
+            return error
         if isinstance(error, REFUSALS):
             return SendRejectedError(self._url, topic, _refusal(error))
-        return BrokerUnavailableError(
-            self._url, f"send to {topic}", describe(error), waited=self._timeout
-        )
+        if isinstance(error, KafkaError):
+            return BrokerUnavailableError(
+                self._url, f"send to {topic}", describe(error), waited=self._timeout
+            )
+        return TransportError(self._url, f"send to {topic}", describe(error))
 
 
 class _Batch:
@@ -439,7 +483,7 @@ class _Batch:
         self.builder = builder
         self.where = where
         self.future: asyncio.Future[Any] | None = None
-        self.error: KafkaError | None = None
+        self.error: Exception | None = None
         self.sent = anyio.Event()
         self.count = 0
 
@@ -458,11 +502,15 @@ class _Batch:
             await self.batches.flush()
         if not self.sent.is_set():  # another task is sending it
             await self.sent.wait()
+        if self.error is not None:
+            refusal = self.batches.refusal(self.error, self.where[0])
+            if refusal is self.error:
+                raise refusal
+            raise refusal from self.error
+        assert self.future is not None  # handed over without error  # noqa: S101
         try:
-            if self.error is not None:
-                raise self.error
-            assert self.future is not None  # sent without error  # noqa: S101
-            await self.future
+            # Shielded: a cancelled waiter must not cancel the answer every waiter shares.
+            await asyncio.shield(self.future)
         except KafkaError as error:
             raise self.batches.refusal(error, self.where[0]) from error
 
@@ -483,7 +531,7 @@ class _Acknowledgement:
 
     async def _wait(self) -> None:
         try:
-            await self._future
+            await asyncio.shield(self._future)  # a cancelled waiter leaves the send alone
         except REFUSALS as error:
             raise SendRejectedError(self._url, self._topic, _refusal(error)) from error
         except KafkaError as error:

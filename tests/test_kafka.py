@@ -143,3 +143,69 @@ def test_bad_topic_counts_are_refused(options: dict[str, Any], where: str) -> No
     """A partition count or replication factor that is not a positive whole number is refused."""
     with pytest.raises(ConfigurationError, match=re.escape(where)):
         KafkaBroker("localhost:9092", **options)
+
+
+async def test_concurrent_senders_filling_batches_lose_nothing_and_keep_order(
+    kafka_bootstrap: str,
+) -> None:
+    """Two tasks sending 1 KiB messages to one partition: every one arrives, in each's order."""
+    topic = f"batches-{uuid.uuid4().hex[:10]}"
+    broker = KafkaBroker(kafka_bootstrap, idempotent=False, create_topics={topic: 1})
+    await broker.start()
+    try:
+        deliveries: list[Any] = []
+
+        async def send(name: str) -> None:
+            for number in range(200):  # about 15 fill a batch: many hand-overs while others add
+                value = f"{name}-{number:03}-".encode() + b"x" * 1_000
+                deliveries.append(await broker.send(topic, value, key=b"one"))
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as senders:
+                senders.start_soon(send, "a")
+                senders.start_soon(send, "b")
+            for delivery in deliveries:
+                await delivery
+        values = await read_values(kafka_bootstrap, topic, 400)
+    finally:
+        await broker.stop()
+    for name in ("a", "b"):
+        mine = [value[:5] for value in values if value.startswith(name.encode())]
+        assert mine == [f"{name}-{number:03}".encode() for number in range(200)]
+
+
+async def test_a_publish_cancelled_mid_flush_leaves_the_other_deliveries_whole(
+    kafka_bootstrap: str,
+) -> None:
+    """A caller's time limit ends its wait, not the hand-over: every other delivery completes."""
+    topic = f"flush-{uuid.uuid4().hex[:10]}"
+    broker = KafkaBroker(kafka_bootstrap, idempotent=False, create_topics={topic: 4})
+    await broker.start()
+    try:
+        deliveries = [
+            await broker.send(topic, f"{number}".encode(), key=f"k{number}".encode())
+            for number in range(40)
+        ]
+        with anyio.move_on_after(0):  # cancelled at its first pause, inside the flush
+            await deliveries[0]  # type: ignore[misc]  # a Delivery, not None, on Kafka
+        with anyio.fail_after(30):
+            for delivery in deliveries:
+                await delivery  # type: ignore[misc]  # as above
+        assert len(await read_values(kafka_bootstrap, topic, 40)) == 40
+    finally:
+        await broker.stop()
+
+
+async def read_values(bootstrap: str, topic: str, count: int) -> list[bytes]:
+    """Read ``count`` values of ``topic`` from its start, without a group."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    values: list[bytes] = []
+    try:
+        with anyio.fail_after(30):
+            while len(values) < count:
+                batches = await consumer.getmany(timeout_ms=200)
+                values += [r.value for records in batches.values() for r in records if r.value]
+    finally:
+        await consumer.stop()
+    return values
