@@ -104,12 +104,13 @@ class Consumer(Protocol):
     def assignment(self) -> frozenset[TopicPartition]:
         """The partitions this consumer owns now."""
 
-    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> Mapping[TopicPartition, int]:
         """Record, per partition, the offset of the next message the group should read.
 
         Offsets of partitions this consumer no longer owns are dropped (logged): their next
-        owner reads those messages again. Raises BrokerUnavailableError when the broker stayed
-        unreachable past the transport's bound.
+        owner reads those messages again. Returns the offsets the group could not take now
+        (it is rebalancing) but that are still this consumer's: commit them again. Raises
+        BrokerUnavailableError when the broker stayed unreachable past the transport's bound.
         """
 
     async def status(self) -> list[PartitionStatus]:

@@ -77,6 +77,7 @@ MAX_RECORDS = 500  # messages a fetch returns at most
 # aiokafka drops what it had fetched ahead for a partition it pauses, and fetches it again.
 PARTITION_QUEUE = 5000
 TURN = 100  # messages a worker handles from one partition while others wait for a worker
+RETRY_COMMIT_EVERY = 0.2  # seconds between tries of a commit a rebalance held back
 MAX_UNACKED = 10_000  # sends awaiting acknowledgement before handlers wait for the committer
 # A commit comes at least this often while a batch is being handled, so that a crash or a
 # rebalance re-delivers at most this much: messages handled, or seconds.
@@ -268,7 +269,7 @@ class SubscriberLoop:
             if not self._stopping:
                 await self._run_tasks()
             if self._failure is None:  # after a transport failure, what is done may not be acked
-                await self.settle()
+                await self._settle_last()
             self._raise_failure()
         except DeliveryError as error:
             failed = error
@@ -280,6 +281,18 @@ class SubscriberLoop:
             raise failed from error
         finally:
             await self._leave(failed)
+
+    async def _settle_last(self) -> None:
+        """Commit what is done; a commit a rebalance held back is tried again, within bounds.
+
+        A stop often meets a rebalance (a rolling deploy starts the next member as this one
+        stops): the revoke then commits those offsets, or a later try does.
+        """
+        await self.settle()
+        with anyio.move_on_after(self._graceful_timeout):
+            while self._done:
+                await anyio.sleep(RETRY_COMMIT_EVERY)
+                await self.settle()
 
     async def _run_tasks(self) -> None:
         async with anyio.create_task_group() as tasks:
@@ -545,7 +558,10 @@ class SubscriberLoop:
                 self._acked.set()
                 self._acked = anyio.Event()
             if done and self.consumer is not None:
-                await self.consumer.commit(done)
+                again = await self.consumer.commit(done)
+                for partition, offset in again.items():  # held back by a rebalance: later
+                    if partition not in self._handed_over:
+                        self._done[partition] = max(self._done.get(partition, 0), offset)
 
     async def _acknowledge(self, deliveries: list[_Sent]) -> None:
         """Await each acknowledgement; dead-letter the messages whose results were refused."""

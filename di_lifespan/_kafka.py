@@ -608,32 +608,39 @@ class KafkaConsumer:
             statuses.append(PartitionStatus(tp.topic, tp.partition, committed, end))
         return statuses
 
-    async def commit(self, offsets: Mapping[Partition, int]) -> None:
+    async def commit(self, offsets: Mapping[Partition, int]) -> dict[Partition, int]:
         """Commit, per partition, the next offset to read (nothing without a group).
 
         Offsets of partitions this consumer no longer owns (a rebalance gave them to another
-        member) are dropped, logged: their next owner reads those messages again. A broker
-        that does not answer is tried again, with backoff, for ``COMMIT_TIMEOUT`` seconds.
+        member) are dropped, logged: their next owner reads those messages again. Offsets the
+        group refused because it is rebalancing are returned, to be committed again (in the
+        revoke, or once the rebalance is over). A broker that does not answer is tried
+        again, with backoff, for ``COMMIT_TIMEOUT`` seconds.
         """
         if not self._grouped or not offsets:
-            return
+            return {}
         owned = self._consumer.assignment()
         wanted = {
             TopicPartition(topic, partition): offset
             for (topic, partition), offset in offsets.items()
         }
         kept = {partition: offset for partition, offset in wanted.items() if partition in owned}
+        again: dict[Partition, int] = {}
         try:
             if kept:
                 await self._commit(kept)
-        except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as error:
+        except RebalanceInProgressError:
+            again = {(tp.topic, tp.partition): offset for tp, offset in kept.items()}
+            logger.info("commit held back until the group's rebalance is over")
+        except (CommitFailedError, IllegalStateError) as error:
             kept = {}
-            logger.warning("commit dropped, the group is rebalancing: %s", error)
+            logger.warning("commit dropped, the group rebalanced: %s", error)
         if dropped := sorted(f"{tp.topic}[{tp.partition}]" for tp in wanted.keys() - kept.keys()):
             logger.info(
                 "offsets of partitions given to another member not committed: %s",
                 ", ".join(dropped),
             )
+        return again
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         retrying = AsyncRetrying(

@@ -416,8 +416,9 @@ class _MemoryConsumer:
     def assignment(self) -> frozenset[TopicPartition]:
         return frozenset(self.positions)
 
-    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
         self._broker._commit(self, offsets)  # noqa: SLF001  # the broker's own consumer
+        return {}  # a rebalance here happens whole, between commits
 
     async def status(self) -> list[PartitionStatus]:
         statuses = []

@@ -292,9 +292,9 @@ class _RecordingConsumer:
     async def status(self) -> list[PartitionStatus]:
         return await self._inner.status()
 
-    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> Mapping[TopicPartition, int]:
         self._broker.record_commit(offsets)
-        await self._inner.commit(offsets)
+        return await self._inner.commit(offsets)
 
     def stop(self) -> None:
         self._inner.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
@@ -207,3 +208,42 @@ async def test_a_client_cancelling_itself_in_its_close_is_a_named_shutdown_failu
             await app.publish("jobs", 1)
     (failure,) = caught.value.exceptions
     assert "leaving its consumer group failed: CancelledError" in str(failure)
+
+
+class RebalancingAtStop(MemoryBroker):
+    """A memory broker whose consumers' first commit meets a rebalance and is held back."""
+
+    async def subscribe(
+        self, subscription: Subscription, assignment: Assignment
+    ) -> _MemoryConsumer:
+        consumer = await super().subscribe(subscription, assignment)
+        commit = consumer.commit
+        held: list[Mapping[tuple[str, int], int]] = []
+
+        async def commit_after_a_rebalance(
+            offsets: Mapping[tuple[str, int], int],
+        ) -> dict[tuple[str, int], int]:
+            if not held:
+                held.append(offsets)
+                return dict(offsets)  # RebalanceInProgress: the group takes them later
+            return await commit(offsets)
+
+        consumer.commit = commit_after_a_rebalance  # type: ignore[method-assign]  # a test double
+        return consumer
+
+
+async def test_a_commit_a_rebalance_holds_back_at_the_stop_is_made_before_leaving() -> None:
+    """The last commit of a graceful stop meets a rebalance: it is tried again, not dropped."""
+    broker = RebalancingAtStop()
+    app = App(broker=broker, graceful_timeout=5)
+    handled = anyio.Event()
+
+    @app.subscriber("jobs", group="g")
+    async def work(number: int) -> None:
+        handled.set()
+
+    with anyio.fail_after(10):
+        async with app:
+            await app.publish("jobs", 1)
+            await handled.wait()
+    assert broker.committed("g", "jobs") == [1]
