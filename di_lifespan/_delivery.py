@@ -353,10 +353,6 @@ class SubscriberLoop:
             self._failure = error
         self.stop()
 
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
-
     # --- the fetcher ----------------------------------------------------------------------
 
     async def _fetch_all(self) -> None:
@@ -611,7 +607,7 @@ class SubscriberLoop:
         for topic in self._publish_to:
             delivery = await self._broker.send(topic, value, key=key, headers=headers)
             if delivery is not None:
-                self._deliveries.append((delivery, message, False))
+                self.add_delivery(delivery, message)
 
     async def _retry_from(self, message: Message, first_error: Exception) -> None:
         retry = self._retry

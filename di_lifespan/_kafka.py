@@ -224,12 +224,8 @@ class KafkaBroker:
             future = await self._producer.send(
                 topic, value, key=key, headers=pairs, partition=batch
             )
-        except REFUSALS as error:
-            raise SendRejectedError(self.url, topic, _refusal(error)) from error
         except KafkaError as error:
-            raise BrokerUnavailableError(
-                self.url, f"send to {topic}", describe(error), waited=self._request_timeout
-            ) from error
+            raise _send_error(error, self.url, topic, self._request_timeout) from error
         return _Acknowledgement(future, self.url, topic, self._request_timeout)
 
     @property
@@ -462,15 +458,7 @@ class _Batches:
                 batch.sent.set()
 
     def refusal(self, error: Exception, topic: str) -> TransportError:
-        if isinstance(error, TransportError):
-            return error
-        if isinstance(error, REFUSALS):
-            return SendRejectedError(self._url, topic, _refusal(error))
-        if isinstance(error, KafkaError):
-            return BrokerUnavailableError(
-                self._url, f"send to {topic}", describe(error), waited=self._timeout
-            )
-        return TransportError(self._url, f"send to {topic}", describe(error))
+        return _send_error(error, self._url, topic, self._timeout)
 
 
 class _Batch:
@@ -532,12 +520,8 @@ class _Acknowledgement:
     async def _wait(self) -> None:
         try:
             await asyncio.shield(self._future)  # a cancelled waiter leaves the send alone
-        except REFUSALS as error:
-            raise SendRejectedError(self._url, self._topic, _refusal(error)) from error
         except KafkaError as error:
-            raise BrokerUnavailableError(
-                self._url, f"send to {self._topic}", describe(error), waited=self._timeout
-            ) from error
+            raise _send_error(error, self._url, self._topic, self._timeout) from error
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped here
@@ -696,6 +680,17 @@ class KafkaConsumer:
 def _check_count(where: str, count: object) -> None:
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ConfigurationError(where, f"expected a positive whole number, got {count!r}")
+
+
+def _send_error(error: Exception, url: str, topic: str, waited: float) -> TransportError:
+    """What a failed send to ``topic`` is: refused for that message, or the broker gone."""
+    if isinstance(error, TransportError):
+        return error
+    if isinstance(error, REFUSALS):
+        return SendRejectedError(url, topic, _refusal(error))
+    if isinstance(error, KafkaError):
+        return BrokerUnavailableError(url, f"send to {topic}", describe(error), waited=waited)
+    return TransportError(url, f"send to {topic}", describe(error))
 
 
 def _refusal(error: KafkaError) -> str:

@@ -48,7 +48,6 @@ class _Group:
     committed: dict[TopicPartition, int]
     from_end: bool
     members: list[_MemoryConsumer] = field(default_factory=list)
-    generation: int = 0
     rebalancing: anyio.Lock | None = None
 
 
@@ -272,9 +271,8 @@ class MemoryBroker:
                 group.members.remove(leaving)
             if joining is not None:
                 group.members.append(joining)
-            group.generation += 1
             for member, partitions in self._share_out(group).items():
-                member.take(partitions, group.generation)
+                member.take(partitions)
                 member.wake()
 
     def _share_out(self, group: _Group) -> dict[_MemoryConsumer, list[TopicPartition]]:
@@ -351,7 +349,6 @@ class _MemoryConsumer:
         # The assigned, unpaused partitions with their logs, as the fetch reads them.
         self.readable: list[tuple[str, int, list[_Record]]] = []
         self.next_first = 0  # where the next fetch starts, so every partition gets its turn
-        self.generation = 0
         self._stopped = False
         self._closed = False
         self._woken: anyio.Event | None = None  # made only while a fetch waits
@@ -371,10 +368,9 @@ class _MemoryConsumer:
         self.paused = set()
         self.readable = []
 
-    def take(self, partitions: list[TopicPartition], generation: int) -> None:
+    def take(self, partitions: list[TopicPartition]) -> None:
         """Own ``partitions`` from the group's committed offsets on."""
         broker = self._broker
-        self.generation = generation
         self.positions = {p: broker._start_offset(self.group, p) for p in partitions}  # noqa: SLF001  # the broker's own consumer
         self.paused = set()
         self._refresh()
