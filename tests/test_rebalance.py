@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
@@ -179,26 +179,35 @@ async def test_a_member_whose_join_times_out_leaves_the_others_working() -> None
     assert broker.committed("g", "jobs") == broker.end_offsets("jobs") == [10, 10]
 
 
-class StrayCancelOnClose(MemoryBroker):
-    """A memory broker whose consumers' close lets out a CancelledError of its own."""
+class AlteredConsumers(MemoryBroker):
+    """A memory broker that hands each consumer it makes to ``alter`` (a test double's change)."""
+
+    def __init__(self, alter: Callable[[_MemoryConsumer], None]) -> None:
+        super().__init__()
+        self._alter = alter
 
     async def subscribe(
         self, subscription: Subscription, assignment: Assignment
     ) -> _MemoryConsumer:
         consumer = await super().subscribe(subscription, assignment)
-        close = consumer.close
-
-        async def close_badly() -> None:
-            await close()
-            raise asyncio.CancelledError  # as aiokafka's stop can, cancelling a task of its own
-
-        consumer.close = close_badly  # type: ignore[method-assign]  # a test double
+        self._alter(consumer)
         return consumer
+
+
+def cancel_itself_on_close(consumer: _MemoryConsumer) -> None:
+    """The consumer's close lets out a CancelledError of its own."""
+    close = consumer.close
+
+    async def close_badly() -> None:
+        await close()
+        raise asyncio.CancelledError  # as aiokafka's stop can, cancelling a task of its own
+
+    consumer.close = close_badly  # type: ignore[method-assign]  # a test double
 
 
 async def test_a_client_cancelling_itself_in_its_close_is_a_named_shutdown_failure() -> None:
     """A stray CancelledError from a consumer's close: a ShutdownError naming the subscriber."""
-    app = App(broker=StrayCancelOnClose())
+    app = App(broker=AlteredConsumers(cancel_itself_on_close))
 
     @app.subscriber("jobs", group="g")
     async def work(number: int) -> None: ...
@@ -210,31 +219,25 @@ async def test_a_client_cancelling_itself_in_its_close_is_a_named_shutdown_failu
     assert "leaving its consumer group failed: CancelledError" in str(failure)
 
 
-class RebalancingAtStop(MemoryBroker):
-    """A memory broker whose consumers' first commit meets a rebalance and is held back."""
+def hold_back_the_first_commit(consumer: _MemoryConsumer) -> None:
+    """The consumer's first commit meets a rebalance and is held back."""
+    commit = consumer.commit
+    held: list[Mapping[tuple[str, int], int]] = []
 
-    async def subscribe(
-        self, subscription: Subscription, assignment: Assignment
-    ) -> _MemoryConsumer:
-        consumer = await super().subscribe(subscription, assignment)
-        commit = consumer.commit
-        held: list[Mapping[tuple[str, int], int]] = []
+    async def commit_after_a_rebalance(
+        offsets: Mapping[tuple[str, int], int],
+    ) -> dict[tuple[str, int], int]:
+        if not held:
+            held.append(offsets)
+            return dict(offsets)  # RebalanceInProgress: the group takes them later
+        return await commit(offsets)
 
-        async def commit_after_a_rebalance(
-            offsets: Mapping[tuple[str, int], int],
-        ) -> dict[tuple[str, int], int]:
-            if not held:
-                held.append(offsets)
-                return dict(offsets)  # RebalanceInProgress: the group takes them later
-            return await commit(offsets)
-
-        consumer.commit = commit_after_a_rebalance  # type: ignore[method-assign]  # a test double
-        return consumer
+    consumer.commit = commit_after_a_rebalance  # type: ignore[method-assign]  # a test double
 
 
 async def test_a_commit_a_rebalance_holds_back_at_the_stop_is_made_before_leaving() -> None:
     """The last commit of a graceful stop meets a rebalance: it is tried again, not dropped."""
-    broker = RebalancingAtStop()
+    broker = AlteredConsumers(hold_back_the_first_commit)
     app = App(broker=broker, graceful_timeout=5)
     handled = anyio.Event()
 
