@@ -10,7 +10,6 @@ offsets. A message whose handling did not finish is never committed, so it is re
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from contextvars import ContextVar
@@ -72,17 +71,23 @@ DEAD_LETTER_HEADERS = MappingProxyType(
         "attempts": "x-attempts",
     }
 )
-MAX_RECORDS = 500  # messages a fetch returns at most
+# Messages a fetch returns at most. Fetches, commits and produce requests cost about the same
+# whatever their size: fewer, larger ones took Kafka throughput from 18,000 to 35,000 msg/s.
+MAX_RECORDS = 2000
 # A partition with this many messages queued is paused until it is down to a tenth. Large:
 # aiokafka drops what it had fetched ahead for a partition it pauses, and fetches it again.
 PARTITION_QUEUE = 5000
 TURN = 100  # messages a worker handles from one partition while others wait for a worker
 RETRY_COMMIT_EVERY = 0.2  # seconds between tries of a commit a rebalance held back
 MAX_UNACKED = 10_000  # sends awaiting acknowledgement before handlers wait for the committer
-# A commit comes at least this often while a batch is being handled, so that a crash or a
-# rebalance re-delivers at most this much: messages handled, or seconds.
+# A commit is due after this many messages handled, or this many seconds: that bounds what a
+# crash re-delivers (a rebalance or a stop commits at once). Commits are spaced at least
+# COMMIT_SPACING apart: each costs about the same whatever it covers, so under load one
+# commit covers what was handled since the last (one per 100 messages took Kafka throughput
+# from 35,000 to 18,000 msg/s).
 COMMIT_EVERY = 100
 COMMIT_INTERVAL = 1.0
+COMMIT_SPACING = 0.05
 MAX_ERROR_HEADER = 4096  # bytes of x-error: a dead letter must stay as sendable as its input
 ErrorReport = Callable[[BaseException], None]
 
@@ -202,7 +207,6 @@ class SubscriberLoop:
         self._done: dict[TopicPartition, int] = {}
         self._settling = anyio.Lock()
         self._since_commit = 0
-        self._committed_at = time.monotonic()
         self._queues: dict[TopicPartition, deque[Message]] = {}
         self._busy: set[TopicPartition] = set()  # held by a worker
         self._scheduled: set[TopicPartition] = set()  # waiting for a worker
@@ -426,15 +430,23 @@ class SubscriberLoop:
     ) -> None:
         """Handle the partition's queued messages in order, until a stop or its turn ends."""
         handled = 0
-        revoked = self._revoked
+        revoked, paused = self._revoked, self._paused  # changed in place, never replaced
         while queue and not self._stopping and not (revoked and partition in revoked):
             message = tracker.message = queue.popleft()
-            await self.deliver_one(message)
-            if partition in self._paused and len(queue) <= PARTITION_QUEUE // 10:
-                self._paused.discard(partition)
+            # The common case inline (this loop is the hot path); failures go to _recover.
+            try:
+                await self._attempt(message)
+            except BaseException as error:  # noqa: BLE001  # sorted out by _recover
+                if not await self._recover(message, error):
+                    continue  # a stop cut its retries short: not done, so not committed
+            if not (self._handed_over and partition in self._handed_over):
+                self._done[partition] = message.offset + 1
+            if paused and partition in paused and len(queue) <= PARTITION_QUEUE // 10:
+                paused.discard(partition)
                 assert self.consumer is not None  # noqa: S101  # handling, so subscribed
                 self.consumer.resume([partition])
-            if self.commit_due():
+            self._since_commit += 1
+            if self._since_commit == COMMIT_EVERY:  # once: settle() starts the count again
                 self._commit_wanted.set()
                 # Handlers that never await would keep the committer (and the fetcher) waiting.
                 await anyio.lowlevel.checkpoint()
@@ -461,35 +473,32 @@ class SubscriberLoop:
 
     async def _commit_when_due(self) -> None:
         while True:
-            await self._commit_wanted.wait()
+            with anyio.move_on_after(COMMIT_INTERVAL):  # at least this often, when busy
+                await self._commit_wanted.wait()
             self._commit_wanted = anyio.Event()
             if self._closing:
                 return
+            if not self._done and not self._deliveries:
+                continue
             try:
                 await self.settle()
             except Exception as error:  # noqa: BLE001  # the transport failed: stop, named
                 self._fail(error)
                 return
+            with anyio.move_on_after(COMMIT_SPACING):
+                await self._stopped.wait()  # a stop goes straight on to the last commit
 
-    def commit_due(self) -> bool:
-        """Count one more message done; whether it is time to commit in mid-batch."""
-        self._since_commit += 1
-        return (
-            self._since_commit >= COMMIT_EVERY
-            or time.monotonic() - self._committed_at >= COMMIT_INTERVAL
-        )
+    async def _recover(self, message: Message, failure: BaseException) -> bool:
+        """After a failed first attempt: retry, dead-letter or report; whether it is done.
 
-    async def deliver_one(self, message: Message) -> None:
-        """Handle one message to its end (result published, or dead-lettered), mark it done.
-
-        A message whose retries a stop interrupted is not marked done: it is read again.
-        Raises DeliveryError, with the message's coordinates, when even the dead-letter
-        topic cannot take it, or when the handler raised SystemExit or KeyboardInterrupt.
+        A message whose retries a stop interrupted is not done: it is read again. Raises
+        DeliveryError, with the message's coordinates, when even the dead-letter topic cannot
+        take it, or when the handler raised SystemExit or KeyboardInterrupt.
         """
         try:
-            await self._handle(message)
+            await self._handle_failure(message, failure)
         except _Interrupted:
-            return  # a stop cut its retries short: not done, so not committed
+            return False
         except (Exception, SystemExit, KeyboardInterrupt) as error:
             # Caught here, in the task that ran the handler: asyncio lets a SystemExit that
             # leaves a task end the whole event loop.
@@ -500,31 +509,30 @@ class SubscriberLoop:
                 partition=message.partition,
                 offset=message.offset,
             ) from error
+        return True
 
-    async def _handle(self, message: Message) -> None:
-        try:
-            await self._attempt(message)
-        except InvalidBodyError as error:
+    async def _handle_failure(self, message: Message, failure: BaseException) -> None:
+        if isinstance(failure, anyio.get_cancelled_exc_class()):
+            if not is_stray_cancellation(failure):
+                raise failure  # a real cancellation: a stop, the graceful timeout
+            # The handler awaited something another task cancelled: that is its failure.
+            failure = HandlerCancelledError()
+        if not isinstance(failure, Exception):
+            raise failure  # SystemExit, KeyboardInterrupt: they stop the app
+        if isinstance(failure, InvalidBodyError):
             if self._report_error is not None:
-                self._report_error(error.__cause__ or error)
+                self._report_error(failure.__cause__ or failure)
             else:
-                await self._give_up(message, error, reason=f"has an invalid body: {error.reason}")
-        except EncodingError as error:
+                reason = f"has an invalid body: {failure.reason}"
+                await self._give_up(message, failure, reason=reason)
+        elif isinstance(failure, EncodingError):
             # not retried: another attempt would re-run the handler's side effects and fail alike
             if self._report_error is not None:
-                self._report_error(error)
+                self._report_error(failure)
             else:
-                await self._give_up(message, error, reason=f"failed: {describe(error)}")
-        except Exception as error:  # noqa: BLE001  # a handler's failure is retried, then dead-lettered
-            await self._failed(message, error)
-        except anyio.get_cancelled_exc_class() as error:
-            if not is_stray_cancellation(error):
-                raise
-            # The handler awaited something another task cancelled: that is its failure.
-            await self._failed(message, HandlerCancelledError())
-        partition = (message.topic, message.partition)
-        if not (self._handed_over and partition in self._handed_over):
-            self._done[partition] = message.offset + 1
+                await self._give_up(message, failure, reason=f"failed: {describe(failure)}")
+        else:
+            await self._failed(message, failure)
 
     async def _failed(self, message: Message, error: Exception) -> None:
         if self._report_error is not None:
@@ -543,7 +551,6 @@ class SubscriberLoop:
         async with self._settling:
             if partitions is None:
                 self._since_commit = 0
-                self._committed_at = time.monotonic()
                 done, self._done = self._done, {}
             else:
                 done = {p: self._done.pop(p) for p in partitions if p in self._done}
@@ -607,7 +614,7 @@ class SubscriberLoop:
         for topic in self._publish_to:
             delivery = await self._broker.send(topic, value, key=key, headers=headers)
             if delivery is not None:
-                self.add_delivery(delivery, message)
+                self._deliveries.append((delivery, message, False))
 
     async def _retry_from(self, message: Message, first_error: Exception) -> None:
         retry = self._retry

@@ -71,7 +71,10 @@ EMBEDDED_SESSION_TIMEOUT_MS = 2_000
 CONNECT_TIMEOUT = 15.0  # seconds an unreachable broker is tried again at startup
 POLL_MS = 100  # how long a fetch waits before it looks whether the consumer was stopped
 PIN_TIMEOUT = 5.0  # seconds a consumer without a group waits to learn its partitions
-BATCH_MESSAGES = 100  # a batch holding this many messages is sent without waiting for more
+# A batch's size limit unless max_batch_size says otherwise: aiokafka's 16 KiB default makes
+# many small produce requests, each costing about what a large one does.
+BATCH_BYTES = 262_144
+BATCH_MESSAGES = 2000  # a batch holding this many messages is sent without waiting for more
 COMMIT_TIMEOUT = 30.0  # seconds a commit is retried while the broker does not answer
 
 # What the broker answers about one message, and would answer again: that message is refused.
@@ -139,7 +142,7 @@ class KafkaBroker:
         async for attempt in retrying:
             with attempt:
                 self._producer = await self._connect_producer()
-        batch_bytes = int(self._options.get("max_batch_size", 16_384))
+        batch_bytes = int(self._options.get("max_batch_size", BATCH_BYTES))
         self._batches = _Batches(self._producer, self.url, self._request_timeout, batch_bytes)
         if self._create_topics:
             await self._create_missing_topics()
@@ -168,7 +171,7 @@ class KafkaBroker:
             bootstrap_servers=self.bootstrap_servers,
             acks="all",
             enable_idempotence=self._idempotent,
-            **self._options,
+            **{"max_batch_size": BATCH_BYTES, **self._options},
         )
         try:
             await producer.start()
@@ -215,14 +218,18 @@ class KafkaBroker:
         if self._producer is None or self._batches is None:
             raise RuntimeError(f"the broker {self.url} is not started")
         pairs = list(headers) if headers else None
+        batches = self._batches
         try:
-            batch = await self._batches.add(topic, value, key, pairs)
-            if isinstance(batch, _Batch):
-                return batch
+            partitions = batches.partitions.get(topic) or await batches.learn(topic)
+            joined, full = batches.add(topic, partitions, value, key, pairs)
+            if full is not None:
+                await batches.hand_over(full)
+            if isinstance(joined, _Batch):
+                return joined
             # Too large for a batch: the producer sends it alone (or refuses it), after what
             # was gathered before it for the same partition, so that order is kept.
             future = await self._producer.send(
-                topic, value, key=key, headers=pairs, partition=batch
+                topic, value, key=key, headers=pairs, partition=joined
             )
         except KafkaError as error:
             raise _send_error(error, self.url, topic, self._request_timeout) from error
@@ -340,44 +347,49 @@ class _Batches:
         self._url = url
         self._timeout = timeout
         self._open: dict[tuple[str, int], _Batch] = {}
-        self._partitions: dict[str, list[int]] = {}
+        self.partitions: dict[str, list[int]] = {}  # a topic's, once learned
         self._partitioner = DefaultPartitioner()
         self._sticky: dict[str, int] = {}  # where a topic's keyless messages go now
         self._locks: dict[tuple[str, int], anyio.Lock] = {}  # one hand-over at a time
 
-    async def add(
-        self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None
-    ) -> _Batch | int:
-        """The batch the message joined; or, for one too large for a batch, its partition.
+    def add(
+        self,
+        topic: str,
+        partitions: list[int],
+        value: bytes,
+        key: bytes | None,
+        headers: list[tuple[str, bytes]] | None,
+    ) -> tuple[_Batch | int, _Batch | None]:
+        """Where the message went, and a batch to hand over now (or None).
 
-        Then the batch gathered for that partition has been handed over: the message goes
-        after it. Nothing is awaited between reading the open batch and replacing it, so
-        concurrent senders never lose a batch.
+        Where it went is the batch it joined; or, for a message too large for a batch, its
+        partition: the producer sends it alone, after the batch gathered for that partition,
+        which is then the one to hand over. Nothing is awaited here, so concurrent senders
+        never lose a batch.
         """
-        partitions = self._partitions.get(topic)
-        if partitions is None:
-            partitions = self._partitions[topic] = await self._partitions_of(topic)
         partition = self._place(topic, key, partitions)
         where = (topic, partition)
-        size = len(value) + len(key or b"") + sum(len(n) + len(v) for n, v in headers or ())
+        size = len(value)
+        if key is not None:
+            size += len(key)
+        if headers:
+            size += sum(len(name) + len(value) for name, value in headers)
         if size > self._batch_bytes:
-            await self._hand_over(self._open.pop(where, None))
-            return partition
+            return partition, self._open.pop(where, None)
         batch = self._open.get(where)
         if batch is None:
             batch = self._open[where] = _Batch(self, self._producer.create_batch(), where)
         if batch.append(value, key, headers):
-            if batch.count >= BATCH_MESSAGES:
-                del self._open[where]
-                await self._hand_over(batch)
-            return batch
+            if batch.count < BATCH_MESSAGES:
+                return batch, None
+            del self._open[where]
+            return batch, batch
         # Full: a fresh batch takes its place before the full one is handed over.
         fresh = self._open[where] = _Batch(self, self._producer.create_batch(), where)
-        appended = fresh.append(value, key, headers)
-        if not appended:
-            del self._open[where]
-        await self._hand_over(batch)
-        return fresh if appended else partition
+        if fresh.append(value, key, headers):
+            return fresh, batch
+        del self._open[where]
+        return partition, batch
 
     def _place(self, topic: str, key: bytes | None, partitions: list[int]) -> int:
         """A key's partition by murmur2; keyless messages stick to one partition per batch.
@@ -393,14 +405,16 @@ class _Batches:
             sticky = self._sticky[topic] = self._partitioner(None, partitions, partitions)
         return sticky
 
-    async def _partitions_of(self, topic: str) -> list[int]:
+    async def learn(self, topic: str) -> list[int]:
+        """The topic's partitions, asked of the cluster once."""
         try:
             found = await self._producer.partitions_for(topic)
         except KafkaError as error:
             raise BrokerUnavailableError(
                 self._url, f"send to {topic}", describe(error), waited=self._timeout
             ) from error
-        return sorted(found)
+        partitions = self.partitions[topic] = sorted(found)
+        return partitions
 
     def is_open(self, batch: _Batch) -> bool:
         return self._open.get(batch.where) is batch
@@ -408,9 +422,9 @@ class _Batches:
     async def flush(self) -> None:
         """Hand every open batch over to the producer."""
         batches, self._open = self._open, {}
-        await self._hand_over(*batches.values())
+        await self.hand_over(*batches.values())
 
-    async def _hand_over(self, *batches: _Batch | None) -> None:
+    async def hand_over(self, *batches: _Batch | None) -> None:
         """Send ``batches``: taken from _open, each must reach the producer or fail its waiters.
 
         Shielded from the app's cancellations. A native asyncio cancellation (a caller's
@@ -706,12 +720,12 @@ def _retriable(error: BaseException) -> bool:
 
 
 def _message(record: ConsumerRecord[bytes, bytes]) -> Message:
-    headers = tuple(record.headers)
     value = record.value if record.value is not None else b""
-    if not headers:
+    if not record.headers:
         return Message(
             record.topic, record.partition, record.offset, value, record.key, {}, record.timestamp
         )
+    headers = tuple(record.headers)
     return Message(
         record.topic,
         record.partition,

@@ -22,6 +22,7 @@ from di_lifespan import (
     ShutdownTimeoutError,
     provide,
 )
+from di_lifespan._delivery import COMMIT_EVERY, COMMIT_SPACING
 from tests.drain import drained
 from tests.resources import Journal, Refusing, app_on_memory
 
@@ -405,21 +406,26 @@ def test_queries_on_the_memory_broker_create_nothing() -> None:
 async def test_a_long_batch_is_committed_as_it_goes_not_only_at_its_end(
     max_concurrency: int,
 ) -> None:
-    """Offsets are committed every 100 messages mid-batch, bounding what a crash re-delivers."""
+    """Offsets are committed every COMMIT_EVERY messages mid-batch: a crash repeats no more."""
     broker = MemoryBroker()
     app = App(broker=broker)
     seen_committed: list[int] = []
+    total = COMMIT_EVERY * 3
+    probe = total - COMMIT_EVERY // 2
+    # commits are spaced COMMIT_SPACING apart: what a 1 ms handler gets through meanwhile
+    spaced = int(COMMIT_SPACING / 0.001)
 
     @app.subscriber("jobs", group="workers", max_concurrency=max_concurrency)
     async def work(number: int) -> None:
-        if number == 250:
+        await anyio.sleep(0.001)
+        if number == probe:
             (committed,) = broker.committed("workers", "jobs")
             seen_committed.append(committed)
 
-    for number in range(300):
-        await broker.send("jobs", str(number).encode())  # one batch, fetched at once
+    for number in range(total):
+        await broker.send("jobs", str(number).encode())  # queued before the app starts
     async with app:
         await drained(broker)
     assert seen_committed
-    assert seen_committed[0] >= 200
-    assert broker.committed("workers", "jobs") == [300]
+    assert seen_committed[0] >= probe - COMMIT_EVERY - spaced
+    assert broker.committed("workers", "jobs") == [total]

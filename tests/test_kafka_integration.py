@@ -36,9 +36,10 @@ logger = logging.getLogger(__name__)  # the measured repeats: run with --log-cli
 ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 3
 MAX_CONCURRENCY = 3
-# docs/handlers.md: a commit comes at least every 100 messages (or every second), which bounds
-# what a crash or a rebalance re-delivers. One consumer's handled-but-uncommitted messages are
-# at most that per partition plus what its handlers hold.
+# docs/kafka.md: a commit is due every 100 messages (or every second), commits at least 50 ms
+# apart, which bounds what a crash re-delivers. These services handle about 1,000 messages a
+# second (3 workers, 3 ms each), so a consumer's handled-but-uncommitted messages are at most
+# 100 or 50 ms of work, with slack for a slow machine, plus what its handlers hold.
 COMMIT_EVERY = 100
 UNCOMMITTED_BOUND = COMMIT_EVERY * PARTITIONS + MAX_CONCURRENCY
 QUIET = 1.0  # seconds without a new output after which a stopped service's output is all read
