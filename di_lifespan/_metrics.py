@@ -3,8 +3,8 @@
 Each app has a registry of its own (``app.metrics_registry``; never prometheus-client's global
 one), served at ``/metrics`` by the health server. The delivery pipeline reports to a
 ``SubscriberObserver``; the default one does nothing and wraps nothing, so an app without
-metrics pays nothing per message. With metrics on, each subscriber's observer keeps the
-labelled children of every metric per topic, created at the topic's first message.
+metrics pays nothing per message. With metrics on, each subscriber's observer keeps plain
+counts per topic (no lock: only the event loop updates them), read when scraped.
 
 Metrics (every name prefixed ``di_lifespan_``; ``topic`` is the input's topic, ``handler`` the
 subscriber's name):
@@ -19,11 +19,18 @@ subscriber's name):
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from itertools import accumulate
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import generate_latest
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -80,66 +87,16 @@ NO_METRICS = Metrics()
 class AppMetrics(Metrics):
     """The metrics of one app, in a registry of its own, kept across the app's runs."""
 
-    __slots__ = (
-        "_report",
-        "_state",
-        "dead_lettered",
-        "dropped",
-        "failed",
-        "handled",
-        "in_flight",
-        "latency",
-        "registry",
-        "retried",
-    )
+    __slots__ = ("_handlers", "_state", "registry")
 
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
-        labels = ("topic", "handler")
-        self.handled = Counter(
-            f"{PREFIX}_messages_handled",
-            "Handler calls that returned (the result is then published).",
-            labels,
-            registry=registry,
-        )
-        self.failed = Counter(
-            f"{PREFIX}_messages_failed",
-            "Handler calls that raised (each attempt; an invalid body counts too).",
-            labels,
-            registry=registry,
-        )
-        self.retried = Counter(
-            f"{PREFIX}_messages_retried",
-            "Failed messages tried again after a pause.",
-            labels,
-            registry=registry,
-        )
-        self.dead_lettered = Counter(
-            f"{PREFIX}_messages_dead_lettered",
-            "Messages sent to the dead-letter topic once their attempts were spent.",
-            labels,
-            registry=registry,
-        )
-        self.dropped = Counter(
-            f"{PREFIX}_messages_dropped",
-            "Messages that failed for good on a subscriber with dead_letter=None.",
-            labels,
-            registry=registry,
-        )
-        self.latency = Histogram(
-            f"{PREFIX}_handler_duration_seconds",
-            "How long one handler call took (decoding and injection included), in seconds.",
-            labels,
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.in_flight = Gauge(
-            f"{PREFIX}_handlers_in_flight",
-            "Handler calls running now.",
-            labels,
-            registry=registry,
-        )
+        # Per (topic, handler): plain numbers the event loop adds to, turned into metric
+        # families when scraped. A prometheus-client child takes a lock on every update,
+        # four of them a message: several microseconds, as much as the whole pipeline.
+        self._handlers: dict[tuple[str, str], _TopicStats] = {}
         self._state = _ScrapeState()
+        registry.register(_HandlerCollector(self._handlers))
         registry.register(_LagCollector(self._state))
         registry.register(_StartupCollector(self._state))
         ProcessCollector(registry=registry)
@@ -147,7 +104,7 @@ class AppMetrics(Metrics):
         GCCollector(registry=registry)
 
     def subscriber(self, name: str) -> SubscriberObserver:
-        return _Observer(self, name)
+        return _Observer(self._handlers, name)
 
     def render(
         self,
@@ -163,6 +120,31 @@ class AppMetrics(Metrics):
         return generate_latest(self.registry)
 
 
+class _TopicStats:
+    """What one subscriber's handler did with the messages of one topic."""
+
+    __slots__ = (
+        "buckets",
+        "dead_lettered",
+        "dropped",
+        "failed",
+        "handled",
+        "in_flight",
+        "retried",
+        "seconds",
+    )
+
+    def __init__(self) -> None:
+        self.handled = 0
+        self.failed = 0
+        self.retried = 0
+        self.dead_lettered = 0
+        self.dropped = 0
+        self.in_flight = 0
+        self.seconds = 0.0  # the latency histogram's sum
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket (not cumulative), +Inf last
+
+
 class _ScrapeState:
     """What the scrape under way read from the app: the consumers' partitions, the report."""
 
@@ -171,6 +153,60 @@ class _ScrapeState:
     def __init__(self) -> None:
         self.partitions: Mapping[str, Sequence[PartitionStatus]] = {}
         self.report: StartupReport | None = None
+
+
+_COUNTERS = (
+    ("messages_handled", "handled", "Handler calls that returned (the result is then published)."),
+    (
+        "messages_failed",
+        "failed",
+        "Handler calls that raised (each attempt; an invalid body counts too).",
+    ),
+    ("messages_retried", "retried", "Failed messages tried again after a pause."),
+    (
+        "messages_dead_lettered",
+        "dead_lettered",
+        "Messages sent to the dead-letter topic once their attempts were spent.",
+    ),
+    (
+        "messages_dropped",
+        "dropped",
+        "Messages that failed for good on a subscriber with dead_letter=None.",
+    ),
+)
+_BOUNDS = (
+    *(repr(bound) for bound in LATENCY_BUCKETS),
+    "+Inf",
+)  # "le" labels, as Prometheus writes them
+
+
+class _HandlerCollector:
+    def __init__(self, handlers: Mapping[tuple[str, str], _TopicStats]) -> None:
+        self._handlers = handlers
+
+    def collect(self) -> Iterable[Metric]:
+        labels = ("topic", "handler")
+        rows = sorted(self._handlers.items())
+        for name, field, documentation in _COUNTERS:
+            family = CounterMetricFamily(f"{PREFIX}_{name}", documentation, labels=labels)
+            for key, stats in rows:
+                family.add_metric(key, getattr(stats, field))
+            yield family
+        latency = HistogramMetricFamily(
+            f"{PREFIX}_handler_duration_seconds",
+            "How long one handler call took (decoding and injection included), in seconds.",
+            labels=labels,
+        )
+        for key, stats in rows:
+            cumulative = list(zip(_BOUNDS, accumulate(stats.buckets), strict=True))
+            latency.add_metric(key, cumulative, stats.seconds)
+        yield latency
+        in_flight = GaugeMetricFamily(
+            f"{PREFIX}_handlers_in_flight", "Handler calls running now.", labels=labels
+        )
+        for key, stats in rows:
+            in_flight.add_metric(key, stats.in_flight)
+        yield in_flight
 
 
 class _LagCollector:
@@ -214,64 +250,57 @@ class _StartupCollector:
         yield total
 
 
-class _TopicMetrics:
-    """One subscriber's children of every metric for one topic, labelled once."""
-
-    __slots__ = ("dead_lettered", "dropped", "failed", "handled", "in_flight", "latency", "retried")
-
-    def __init__(self, metrics: AppMetrics, topic: str, handler: str) -> None:
-        self.handled = metrics.handled.labels(topic, handler)
-        self.failed = metrics.failed.labels(topic, handler)
-        self.retried = metrics.retried.labels(topic, handler)
-        self.dead_lettered = metrics.dead_lettered.labels(topic, handler)
-        self.dropped = metrics.dropped.labels(topic, handler)
-        self.latency = metrics.latency.labels(topic, handler)
-        self.in_flight = metrics.in_flight.labels(topic, handler)
-
-
 class _Observer(SubscriberObserver):
-    __slots__ = ("_metrics", "_name", "_topics")
+    __slots__ = ("_handlers", "_name", "_topics")
 
-    def __init__(self, metrics: AppMetrics, name: str) -> None:
-        self._metrics = metrics
+    def __init__(self, handlers: dict[tuple[str, str], _TopicStats], name: str) -> None:
+        self._handlers = handlers
         self._name = name
-        self._topics: dict[str, _TopicMetrics] = {}
+        self._topics: dict[str, _TopicStats] = {}
 
-    def _of(self, topic: str) -> _TopicMetrics:
-        children = self._topics.get(topic)
-        if children is None:
-            children = self._topics[topic] = _TopicMetrics(self._metrics, topic, self._name)
-        return children
+    def _of(self, topic: str) -> _TopicStats:
+        stats = self._topics.get(topic)
+        if stats is None:
+            # shared by every run of the app: counters go on across runs
+            key = (topic, self._name)
+            stats = self._handlers.get(key) or self._handlers.setdefault(key, _TopicStats())
+            self._topics[topic] = stats
+        return stats
 
     def wrap(self, handler: HandlerCall) -> HandlerCall:
         topics = self._topics
         of = self._of
         clock = time.perf_counter
+        bounds = LATENCY_BUCKETS
 
         async def observed(message: Message) -> Any:
-            children = topics.get(message.topic) or of(message.topic)
-            children.in_flight.inc()
+            stats = topics.get(message.topic) or of(message.topic)
+            stats.in_flight += 1
             began = clock()
             try:
                 result = await handler(message)
             except Exception:
-                children.latency.observe(clock() - began)
-                children.failed.inc()
+                took = clock() - began
+                stats.failed += 1
+                stats.seconds += took
+                stats.buckets[bisect_left(bounds, took)] += 1
                 raise
             finally:
-                children.in_flight.dec()
-            children.latency.observe(clock() - began)
-            children.handled.inc()
+                stats.in_flight -= 1
+            took = clock() - began
+            stats.handled += 1
+            stats.seconds += took
+            stats.buckets[bisect_left(bounds, took)] += 1
             return result
 
         return observed
 
     def retried(self, topic: str) -> None:
-        self._of(topic).retried.inc()
+        self._of(topic).retried += 1
 
     def gave_up(self, topic: str, dead_letter: str | None) -> None:
-        children = self._of(topic)
+        stats = self._of(topic)
         if dead_letter is None:
-            children.dropped.inc()
+            stats.dropped += 1
         else:
-            children.dead_lettered.inc()
+            stats.dead_lettered += 1
