@@ -74,6 +74,9 @@ async def test_metrics_count_a_handled_a_retried_and_a_dead_lettered_message() -
         assert value(samples, "di_lifespan_messages_retried_total", **labels) == 3
         assert value(samples, "di_lifespan_messages_dropped_total", **labels) == 0
         assert value(samples, "di_lifespan_handler_duration_seconds_count", **labels) == 6
+        bucket = "di_lifespan_handler_duration_seconds_bucket"
+        assert value(samples, bucket, le="+Inf", **labels) == 6
+        assert value(samples, bucket, le="30.0", **labels) == 6  # cumulative
         assert value(samples, "di_lifespan_handlers_in_flight", **labels) == 0
 
 
