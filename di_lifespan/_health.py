@@ -145,7 +145,7 @@ class HealthServer:
                     head = await _read_head(stream)
                     if head is not None:
                         await stream.send(await self._respond(head))
-        except (OSError, anyio.BrokenResourceError, anyio.EndOfStream):
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream):
             pass  # the client went away: nothing to answer
         except Exception:
             logger.exception("health: answering a request failed")
