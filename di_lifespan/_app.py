@@ -15,6 +15,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import anyio
 from dishka import AsyncContainer, Provider, Scope
 from dishka.provider import BaseProvider
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
 from ._broker import Broker, PartitionStatus
@@ -28,9 +29,11 @@ from ._errors import (
     StartupError,
     log_error,
 )
+from ._health import DEFAULT_HEALTH_HOST
 from ._hooks import Hook, function_name
 from ._lifespan import AppStatus, LifespanPlan, LifespanRun
 from ._message import Headers
+from ._metrics import AppMetrics
 from ._overrides import Override, check_overrides, resolve_overrides
 from ._report import StartupReport
 from ._router import Router
@@ -80,6 +83,9 @@ class App:
     when the app starts (concurrently where the graph allows, each within ``startup_timeout``
     seconds, or its entry in ``startup_timeouts``) and finalized in reverse order when it
     stops (each finalizer within ``shutdown_timeout`` seconds).
+
+    With ``health_port`` (0: a free one, see ``health_address``) each run serves ``/live``,
+    ``/ready`` and Prometheus ``/metrics`` over HTTP on ``health_host``:``health_port``.
     """
 
     def __init__(
@@ -96,6 +102,8 @@ class App:
         graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT,
         startup_timeouts: Mapping[Any, float] | None = None,
         env_file: str | Path | None = None,
+        health_port: int | None = None,
+        health_host: str = DEFAULT_HEALTH_HOST,
     ) -> None:
         for position, provider in enumerate(providers, start=1):
             if not isinstance(provider, BaseProvider):
@@ -119,6 +127,9 @@ class App:
             for type_hint, value in (startup_timeouts or {}).items()
         }
         self.env_file = Path(env_file) if env_file is not None else None
+        self.health_port = _port("App(health_port=...)", health_port)
+        self.health_host = health_host
+        self._metrics: AppMetrics | None = None
         if settings is not None:
             settings_provider(settings, None)  # checks the class now, not at startup
         elif env_file is not None:
@@ -234,6 +245,27 @@ class App:
         return await self._run.subscribers.partitions()
 
     @property
+    def metrics_registry(self) -> CollectorRegistry:
+        """The app's own Prometheus registry, served at ``/metrics``; add metrics of yours.
+
+        Kept as long as the app object, across runs; the handlers are measured into it in
+        the runs that serve a health port.
+        """
+        return self._app_metrics().registry
+
+    def _app_metrics(self) -> AppMetrics:
+        if self._metrics is None:
+            self._metrics = AppMetrics()
+        return self._metrics
+
+    @property
+    def health_address(self) -> tuple[str, int] | None:
+        """Host and port the running app serves its probes on (None when it serves none)."""
+        if self._run is None or self._run.health is None:
+            return None
+        return self._run.health.address
+
+    @property
     def startup_report(self) -> StartupReport | None:
         """What happened to each resource in the latest startup (None before the first)."""
         if self._run is not None and self._run.report is not None:
@@ -251,6 +283,7 @@ class App:
         context: Mapping[Any, Any] | None = None,
         graceful_timeout: float | None = None,
         on_handler_error: Callable[[BaseException], None] | None = None,
+        health_port: int | None = None,
     ) -> AsyncIterator[App]:
         """Run the app's whole lifespan around the ``async with`` block.
 
@@ -258,8 +291,9 @@ class App:
         The arguments change this run only, not the app: ``broker`` instead of the app's,
         ``overrides`` (dishka providers, or ``override(Type, value)``) replacing the app's
         factories for the same types, ``context`` added to the app's, another
-        ``graceful_timeout``. With ``on_handler_error`` a handler's exception is handed to it
-        instead of being retried and dead-lettered (what the test client does).
+        ``graceful_timeout``, a ``health_port`` to serve the probes on (instead of the app's).
+        With ``on_handler_error`` a handler's exception is handed to it instead of being
+        retried and dead-lettered (what the test client does).
 
         Raises StartupError when the app could not start (what had started is stopped again),
         and ShutdownError when steps of the shutdown failed. An exception of the block itself
@@ -271,6 +305,7 @@ class App:
             context=context,
             graceful_timeout=graceful_timeout,
             report_error=on_handler_error,
+            health_port=health_port,
         )
         if self._run is not None:
             raise LifespanStateError("start the app", f"{self._state} already")
@@ -330,6 +365,7 @@ class App:
         context: Mapping[Any, Any] | None = None,
         graceful_timeout: float | None = None,
         report_error: Callable[[BaseException], None] | None = None,
+        health_port: int | None = None,
     ) -> LifespanPlan:
         providers: list[BaseProvider] = [*self._providers]
         if self._settings is not None:
@@ -340,6 +376,7 @@ class App:
         providers += resolve_overrides(
             check_overrides("App.lifespan(overrides=...)", overrides), providers
         )
+        port = self.health_port if health_port is None else _port("health_port", health_port)
         return LifespanPlan(
             app=self,
             providers=providers,
@@ -358,14 +395,18 @@ class App:
             ),
             startup_timeouts=self._startup_timeouts,
             report_error=report_error,
+            health_port=port,
+            health_host=self.health_host,
+            metrics=None if port is None else self._app_metrics(),
         )
 
-    async def serve(self) -> None:
+    async def serve(self, *, health_port: int | None = None) -> None:
         """Start the app and serve until this call is cancelled or a subscriber fails, then stop.
 
+        ``health_port`` serves the probes there instead of on the app's ``health_port``.
         Raises StartupError or ShutdownError as ``async with app`` does.
         """
-        async with self.lifespan():
+        async with self.lifespan(health_port=health_port):
             run = self._run
             if run is not None:
                 await run.wait_stop_requested()
@@ -379,8 +420,10 @@ class App:
             self._forced_stop = True
             self._run.force_stop()
 
-    def run(self) -> None:
+    def run(self, *, health_port: int | None = None) -> None:
         """Serve until SIGINT or SIGTERM, then stop gracefully; a second SIGINT exits at once.
+
+        ``health_port`` serves the probes there instead of on the app's ``health_port``.
 
         Each failure is logged as one line (with its traceback when the log level is DEBUG).
         Exits the process with status 1 when startup, a subscriber or the shutdown failed,
@@ -389,20 +432,20 @@ class App:
         _configure_logging()
         self._forced_stop = False
         self._last_served = False
-        status = anyio.run(self._serve_until_signalled)
+        status = anyio.run(functools.partial(self._serve_until_signalled, health_port))
         if self._forced_stop:
             raise SystemExit(130)
         if status:
             raise SystemExit(status)
 
-    async def _serve_until_signalled(self) -> int:
+    async def _serve_until_signalled(self, health_port: int | None = None) -> int:
         serving = anyio.CancelScope()
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with anyio.create_task_group() as watchers:
                 watchers.start_soon(self._watch_signals, signals, serving)
                 try:
                     with serving:
-                        await self.serve()
+                        await self.serve(health_port=health_port)
                     if serving.cancelled_caught and not self._last_served:
                         logger.warning("stopped by a signal before startup finished")
                         return 1
@@ -438,6 +481,14 @@ def _seconds(where: str, value: Any) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise ConfigurationError(where, f"expected a positive number of seconds, got {value!r}")
     return float(value)
+
+
+def _port(where: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:  # noqa: PLR2004  # the highest TCP port
+        raise ConfigurationError(where, f"expected a TCP port (0 for a free one), got {value!r}")
+    return value
 
 
 def _context_provider(context: Mapping[type, Any]) -> Provider:

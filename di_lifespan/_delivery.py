@@ -45,6 +45,7 @@ from ._errors import (
 from ._handlers import BoundHandler, InvalidBodyError
 from ._limits import StopShields, TimeLimit, is_stray_cancellation
 from ._message import Headers, Message
+from ._metrics import NO_METRICS, NO_OBSERVER, Metrics, SubscriberObserver
 
 __all__ = [
     "DEAD_LETTER_HEADERS",
@@ -190,11 +191,14 @@ class SubscriberLoop:
         shields: StopShields,
         report_error: ErrorReport | None = None,
         graceful_timeout: float = 30.0,
+        *,
+        observer: SubscriberObserver = NO_OBSERVER,
     ) -> None:
         self.spec = spec = handler.spec
         self.name = spec.name
         self.consumer: Consumer | None = None  # set once subscribed
-        self._handler = handler
+        self._handler = observer.wrap(handler)  # metrics off: the handler itself
+        self._observer = observer
         self._broker = broker
         self._shields = shields
         self._publish_to = tuple(spec.publish_to)
@@ -658,6 +662,7 @@ class SubscriberLoop:
             raise _Interrupted
 
     def _log_retry(self, message: Message, state: RetryCallState) -> None:
+        self._observer.retried(message.topic)
         error = state.outcome.exception() if state.outcome is not None else None
         pause = state.next_action.sleep if state.next_action is not None else 0.0
         logger.warning(
@@ -686,6 +691,7 @@ class SubscriberLoop:
     ) -> Delivery | None:
         attempts = message.attempt
         topic = self._dead_letter_topic(message)
+        self._observer.gave_up(message.topic, topic)
         # One line per failure; the handler's traceback when debug logging is on.
         traceback = None if isinstance(error, InvalidBodyError) else debug_traceback(error)
         if topic is None:
@@ -781,9 +787,12 @@ class Subscribers:
     stop: the other loops finish their message in hand and commit, as on any graceful stop.
     """
 
-    def __init__(self, shields: StopShields, on_crash: Callable[[], None]) -> None:
+    def __init__(
+        self, shields: StopShields, on_crash: Callable[[], None], metrics: Metrics = NO_METRICS
+    ) -> None:
         self._shields = shields
         self._on_crash = on_crash
+        self._metrics = metrics
         self._loops: list[SubscriberLoop] = []
         self._scopes: list[anyio.CancelScope] = []
         self.crashes: list[ShutdownStepError] = []
@@ -805,7 +814,14 @@ class Subscribers:
         and dead-lettered (the test client raises it in the test).
         """
         loops = [
-            SubscriberLoop(handler, broker, self._shields, report_error, graceful_timeout)
+            SubscriberLoop(
+                handler,
+                broker,
+                self._shields,
+                report_error,
+                graceful_timeout,
+                observer=self._metrics.subscriber(handler.spec.name),
+            )
             for handler in handlers
         ]
         failures: list[StartupError] = []

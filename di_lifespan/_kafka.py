@@ -37,6 +37,7 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from tenacity import (
     AsyncRetrying,
@@ -201,6 +202,23 @@ class KafkaBroker:
                     await batches.flush()
             finally:
                 await producer.stop()
+
+    async def reachable(self) -> bool:
+        """Whether a broker of the cluster answers a (topic-less) metadata request now.
+
+        For readiness probes; the caller bounds how long it waits.
+        """
+        if self._producer is None:
+            return False
+        client = self._producer.client
+        node = client.get_random_node()
+        if node is None:
+            return False
+        try:
+            await client.send(node, MetadataRequest([]))
+        except (TimeoutError, KafkaError, OSError):
+            return False
+        return True
 
     async def send(
         self,

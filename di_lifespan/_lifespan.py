@@ -49,9 +49,11 @@ from ._errors import (
 )
 from ._graph import ResourceGraph, key_name
 from ._handlers import BoundHandler, HandlerSpec
+from ._health import DEFAULT_HEALTH_HOST, HealthServer, Probes
 from ._hooks import Hook
 from ._limits import StopShields, TimeLimit, is_stray_cancellation
 from ._message import Message
+from ._metrics import NO_METRICS, AppMetrics
 from ._report import StartupReport
 from ._resources import Limits, ResourceSet
 from ._router import PublishingFunction, check_publishing
@@ -89,6 +91,9 @@ class LifespanPlan:
     graceful_timeout: float
     startup_timeouts: Mapping[Any, float]
     report_error: ErrorReport | None = None
+    health_port: int | None = None  # serve /live, /ready and /metrics there (0: a free port)
+    health_host: str = DEFAULT_HEALTH_HOST
+    metrics: AppMetrics | None = None  # instrument the handlers, and report into it
 
 
 class LifespanRun:
@@ -114,7 +119,10 @@ class LifespanRun:
         self._graph: ResourceGraph | None = None
         self._held: _HeldContext | None = None
         self._broker_started = False
-        self.subscribers = Subscribers(self._shields, on_crash=self._crashed)
+        self.subscribers = Subscribers(
+            self._shields, on_crash=self._crashed, metrics=plan.metrics or NO_METRICS
+        )
+        self.health: HealthServer | None = None
         self._stop_requested = anyio.Event()
         self._exception: BaseException | None = None
 
@@ -153,6 +161,7 @@ class LifespanRun:
         """
         async with anyio.create_task_group() as tasks:
             try:
+                await self._start_health(tasks)
                 await self._start_and_serve(tasks, task_status)
             except Exception as error:
                 if self.served:
@@ -164,6 +173,8 @@ class LifespanRun:
                     self.failures += await self._stop_the_rest()
                 self._finish_report()
                 self.status = AppStatus.STOPPED
+                if self.health is not None:
+                    self.health.close()
         if self.startup_error is not None:
             for failure in self.failures:
                 self.startup_error.add_note(f"while rolling back: {failure}")
@@ -210,6 +221,28 @@ class LifespanRun:
         return None
 
     # --- startup -------------------------------------------------------------------------
+
+    async def _start_health(self, tasks: TaskGroup) -> None:
+        """Serve the probes from the start: /live answers while resources are still loading."""
+        plan = self._plan
+        if plan.health_port is None:
+            return
+        metrics = plan.metrics if plan.metrics is not None else AppMetrics()
+        probes = Probes(
+            running=self._ready,
+            broker=plan.broker,
+            metrics=metrics,
+            partitions=self.subscribers.partitions,
+            report=lambda: self.report,
+        )
+        server = self.health = HealthServer(plan.health_host, plan.health_port, probes)
+        await self._bounded_start(
+            f"the health server (port {plan.health_port})", partial(tasks.start, server.serve)
+        )
+
+    def _ready(self) -> bool:
+        """Startup completed, delivery began, and no stop was asked for."""
+        return self.status is AppStatus.RUNNING and not self._stop_requested.is_set()
 
     def _finish_report(self) -> None:
         report = self.report

@@ -85,6 +85,8 @@ class TestClient:
             context=self._context,
             graceful_timeout=self._graceful_timeout,
             on_handler_error=self._errors.append if self._raise_handler_errors else None,
+            # a free port, never the app's own: tests run beside each other and a deployed app
+            health_port=None if self.app.health_port is None else 0,
         )
         await lifespan.__aenter__()
         self._lifespan = lifespan
