@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_iris_demo_classifies_audits_and_cleans_up(tmp_path: Path) -> None:
-    """`python -m examples.iris` classifies three flowers on embedded://, dead-letters one, stops."""
+    """The iris demo classifies three flowers on embedded://, dead-letters one, and stops."""
     log = tmp_path / "predictions.log"
     result = subprocess.run(
         [sys.executable, "-m", "examples.iris"],
@@ -86,3 +86,79 @@ async def test_the_iris_service_predicts_and_dead_letters_a_negative_measure(
     messages = [record.getMessage() for record in caplog.records]
     assert messages[0].startswith("model loaded")
     assert "model cleared" in messages
+
+
+# --- examples/settings -----------------------------------------------------------------------
+
+SETTINGS_DIR = ROOT / "examples" / "settings"
+
+
+def test_the_settings_demo_reads_the_env_file_chosen_and_runs_each_hook_in_order() -> None:
+    """`--env .env.test` picks the test settings; hooks and finalizers print in their order."""
+    result = subprocess.run(
+        [sys.executable, "-m", "examples.settings", "--env", ".env.test"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DI_LIFESPAN_BROKER": "memory://"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "on_startup 1: test settings, greeting 'Hi'",
+        "on_startup 2: settings checked",
+        "resource: greeter ready (test)",
+        "after_startup 1: greeter warmed up",
+        "after_startup 2: started event published",
+        "greeting: HI, ADA!",
+        "greeting: HI, GRACE!",
+        "on_shutdown 2: 3 greetings so far",
+        "on_shutdown 1: no new work",
+        "after_shutdown 2: goodbye",
+        "after_shutdown 1: 3 greetings in all",
+        "resource: greeter closed after 3 greetings",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("env_file", "greeting", "environment"),
+    [(".env", "Good morning, Ada!", "production"), (".env.test", "HI, ADA!", "test")],
+)
+async def test_the_greeter_reads_the_env_file_it_is_given(
+    env_file: str, greeting: str, environment: str
+) -> None:
+    """Each env file gives its own settings to the resources and the hooks."""
+    from examples.settings.app import create_app
+
+    async with TestClient(create_app(SETTINGS_DIR / env_file)) as client:
+        await client.publish("names", "Ada")
+        assert client.published("greetings") == [greeting]
+        assert client.published("events") == [{"event": "started", "environment": environment}]
+
+
+async def test_an_environment_variable_wins_over_the_env_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """GREETER_* variables are layered over the env file's values."""
+    from examples.settings.app import create_app
+
+    monkeypatch.setenv("GREETER_GREETING", "Ahoy")
+    async with TestClient(create_app(SETTINGS_DIR / ".env")) as client:
+        await client.publish("names", "Ada")
+        assert client.published("greetings") == ["Ahoy, Ada!"]
+
+
+async def test_a_startup_hook_refuses_test_settings_in_production(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An on_startup check stops the start with one line naming the hook and the reason."""
+    from di_lifespan import StartupError
+    from examples.settings.app import create_app
+
+    monkeypatch.setenv("GREETER_SHOUT", "true")
+    with pytest.raises(StartupError) as caught:
+        async with TestClient(create_app(SETTINGS_DIR / ".env")):
+            pass
+    assert "refuse_shouting_in_production" in str(caught.value)
+    assert "GREETER_SHOUT is for tests only" in str(caught.value)
