@@ -7,11 +7,15 @@ import logging
 import os
 import subprocess
 import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 
-from di_lifespan.testing import TestClient
+from di_lifespan.testing import TestClient, override
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -162,3 +166,113 @@ async def test_a_startup_hook_refuses_test_settings_in_production(
             pass
     assert "refuse_shouting_in_production" in str(caught.value)
     assert "GREETER_SHOUT is for tests only" in str(caught.value)
+
+
+# --- examples/db_pool ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL for the session; skipped only where its binaries do not exist."""
+    from examples.db_pool.postgres import find_binaries, throwaway_postgres
+
+    if find_binaries() is None:
+        pytest.skip(
+            "no PostgreSQL server binaries (initdb, pg_ctl) on PATH or under"
+            " /usr/lib/postgresql/*/bin; .ci/run installs Debian's postgresql package"
+        )
+    with throwaway_postgres() as dsn:
+        yield dsn
+
+
+@pytest.fixture
+async def database(postgres_server: str) -> AsyncIterator[str]:
+    """A fresh, empty database on the session's server for one test; its DSN."""
+    import asyncpg
+
+    name = f"test_{uuid.uuid4().hex}"
+    admin = await asyncpg.connect(postgres_server)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield postgres_server.rsplit("/", 1)[0] + f"/{name}"
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def db_pool_client(dsn: str, *, raise_handler_errors: bool = True) -> TestClient:
+    """The db_pool app on the memory broker, on the test's database."""
+    from examples.db_pool.app import Settings, app
+
+    return TestClient(
+        app,
+        overrides=[override(Settings, Settings(dsn=dsn))],
+        raise_handler_errors=raise_handler_errors,
+    )
+
+
+async def stock_apples(client: TestClient, quantity: int) -> Any:
+    """Put ``quantity`` apples in stock; return the pool."""
+    import asyncpg
+
+    pool = await client.container.get(asyncpg.Pool)
+    await pool.execute("INSERT INTO stock VALUES ('apple', $1)", quantity)
+    return pool
+
+
+async def test_a_handler_that_returns_commits_its_transaction(database: str) -> None:
+    """The order row and the stock change are committed together."""
+    async with db_pool_client(database) as client:
+        pool = await stock_apples(client, 3)
+        await client.publish("orders", {"id": "o1", "item": "apple", "quantity": 2})
+        assert await pool.fetchval("SELECT quantity FROM orders WHERE id = 'o1'") == 2
+        assert await pool.fetchval("SELECT quantity FROM stock") == 1
+
+
+async def test_a_handler_that_raises_rolls_its_transaction_back(database: str) -> None:
+    """Short stock fails the handler after its insert: the insert is rolled back too."""
+    import asyncpg
+
+    async with db_pool_client(database) as client:
+        pool = await stock_apples(client, 3)
+        with pytest.raises(asyncpg.CheckViolationError):
+            await client.publish("orders", {"id": "o2", "item": "apple", "quantity": 5})
+        assert await pool.fetchval("SELECT count(*) FROM orders") == 0
+        assert await pool.fetchval("SELECT quantity FROM stock") == 3
+
+
+async def test_a_failed_order_is_retried_dead_lettered_and_recorded(
+    database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each attempt rolls back; the dead letter is stored as a rejection; the pool closes."""
+    caplog.set_level(logging.INFO, logger="examples.db_pool")
+    async with db_pool_client(database, raise_handler_errors=False) as client:
+        pool = await stock_apples(client, 3)
+        await client.publish("orders", {"id": "o3", "item": "pear", "quantity": 1})
+        assert await pool.fetchval("SELECT count(*) FROM orders") == 0
+        assert await pool.fetchval("SELECT reason FROM rejections WHERE id = 'o3'") == (
+            "LookupError: no stock of 'pear'"
+        )
+    assert pool.is_closing()
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages.count("rolled back: LookupError") == 2  # Retry(attempts=2)
+    assert messages[-1] == "pool closed"
+
+
+async def test_the_db_pool_demo_commits_one_order_and_rejects_the_other(database: str) -> None:
+    """`python -m examples.db_pool` on the test's database prints the committed and the rejected."""
+    with anyio.fail_after(60):
+        result = await anyio.run_process(
+            [sys.executable, "-m", "examples.db_pool"],
+            cwd=ROOT,
+            env={**os.environ, "DB_POOL_DSN": database, "DI_LIFESPAN_BROKER": "memory://"},
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().splitlines() == [
+        "order order-1: 2 apple",
+        "apples left: 1",
+        'rejected order-2: CheckViolationError: new row for relation "stock" violates check'
+        ' constraint "stock_quantity_check"',
+    ]
+    assert result.stderr.decode().rstrip().endswith("INFO examples.db_pool: pool closed")
