@@ -276,3 +276,102 @@ async def test_the_db_pool_demo_commits_one_order_and_rejects_the_other(database
         ' constraint "stock_quantity_check"',
     ]
     assert result.stderr.decode().rstrip().endswith("INFO examples.db_pool: pool closed")
+
+
+# --- examples/fastapi ------------------------------------------------------------------------
+
+FLOWER = {"sepal_length": 6.7, "sepal_width": 3.1, "petal_length": 5.6, "petal_width": 2.4}
+
+
+class AlwaysFirst:
+    """A stand-in classifier: every flower is of the first species."""
+
+    def predict(self, rows: list[list[float]]) -> list[int]:
+        return [0 for _ in rows]
+
+
+def http_client(api: Any) -> Any:
+    """An httpx client calling the ASGI app in process."""
+    import httpx
+
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://api")
+
+
+async def test_the_fastapi_example_serves_http_and_kafka_from_one_test_client() -> None:
+    """Under TestClient, with a fake model, HTTP and the Kafka handler share the store."""
+    from examples.fastapi.app import api, app
+    from examples.iris.model import IrisModel
+
+    fake = IrisModel(AlwaysFirst(), ("fake-species",))
+    async with TestClient(app, overrides=[override(IrisModel, fake)]) as kafka:
+        async with http_client(api) as client:
+            assert (await client.post("/predict", json=FLOWER)).json() == {
+                "species": "fake-species"
+            }
+            assert (await client.get("/flowers/k1")).status_code == 404
+            response = await client.post("/flowers/k1", json=FLOWER)
+            assert response.status_code == 202
+            await kafka.settle()
+            assert (await client.get("/flowers/k1")).json() == {"species": "fake-species"}
+            assert (await client.get("/stats")).json() == {"http": 1, "kafka": 1}
+        assert kafka.published("predictions") == [{"species": "fake-species"}]
+
+
+async def test_the_fastapi_example_loads_the_model_once_under_the_asgi_lifespan(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The ASGI lifespan starts the app: one model, fitted once, serves both sides."""
+    from asgi_lifespan import LifespanManager
+
+    from examples.fastapi.app import api, app
+
+    caplog.set_level(logging.INFO, logger="examples.fastapi")
+    # Its startup includes scikit-learn's import, seconds on a busy machine.
+    async with LifespanManager(api, startup_timeout=60), http_client(api) as client:
+        assert (await client.post("/predict", json=FLOWER)).json() == {"species": "virginica"}
+        await app.publish("input_data", FLOWER, key="k2")
+        with anyio.fail_after(10):
+            while (await client.get("/flowers/k2")).status_code == 404:  # noqa: ASYNC110  # polling over HTTP, as a client would
+                await anyio.sleep(0.01)
+        assert (await client.get("/flowers/k2")).json() == {"species": "virginica"}
+    assert [record.getMessage() for record in caplog.records] == ["model loaded", "model cleared"]
+
+
+async def test_the_fastapi_example_under_uvicorn_stops_gracefully_on_sigint() -> None:
+    """`python -m examples.fastapi` serves HTTP; SIGINT runs the app's shutdown, exit 0."""
+    import signal
+    import socket
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = await anyio.open_process(
+        [sys.executable, "-m", "examples.fastapi", "--port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, "DI_LIFESPAN_BROKER": "memory://"},
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            with anyio.fail_after(30):
+                while True:
+                    try:
+                        response = await client.post("/predict", json=FLOWER)
+                        break
+                    except httpx.ConnectError:
+                        await anyio.sleep(0.1)
+            assert response.json() == {"species": "virginica"}
+        process.send_signal(signal.SIGINT)
+        with anyio.fail_after(30):
+            assert await process.wait() == 0
+        assert process.stderr is not None
+        logged = b"".join([chunk async for chunk in process.stderr]).decode().splitlines()
+        assert "INFO examples.fastapi: model cleared" in logged
+        assert logged.index("INFO examples.fastapi: model cleared") > logged.index(
+            "INFO:     Waiting for application shutdown."
+        )
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

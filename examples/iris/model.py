@@ -6,8 +6,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, NonNegativeFloat
-from sklearn.datasets import load_iris
-from sklearn.linear_model import LogisticRegression
 
 FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
 
@@ -36,7 +34,13 @@ class IrisModel:
 
     @classmethod
     def fit(cls) -> IrisModel:
-        """Fit a logistic regression on the 150 flowers of the iris data set (CPU-bound)."""
+        """Fit a logistic regression on the 150 flowers of the iris data set.
+
+        Blocking work, scikit-learn's import (seconds) included: run it in a worker thread.
+        """
+        from sklearn.datasets import load_iris  # noqa: PLC0415  # imported where it is needed
+        from sklearn.linear_model import LogisticRegression  # noqa: PLC0415  # same
+
         data = load_iris()
         classifier = LogisticRegression(max_iter=1000).fit(data.data, data.target)
         return cls(classifier, tuple(str(name) for name in data.target_names))
