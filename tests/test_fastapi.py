@@ -10,7 +10,11 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from dishka.integrations.fastapi import DishkaRoute, FastapiProvider, FromDishka
+from dishka.integrations.starlette import inject
 from fastapi import APIRouter, FastAPI, Request
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from di_lifespan import (
     App,
@@ -97,7 +101,7 @@ def build(trace: Trace | None = None) -> tuple[App, FastAPI, list[int]]:
     return app, api, setups
 
 
-def http(api: FastAPI) -> httpx.AsyncClient:
+def http(api: Starlette) -> httpx.AsyncClient:
     """An HTTP client that calls the ASGI app in process (no lifespan of its own)."""
     transport = httpx.ASGITransport(app=api, raise_app_exceptions=False)
     return httpx.AsyncClient(transport=transport, base_url="http://api")
@@ -201,3 +205,20 @@ def test_setup_dishka_refuses_what_is_not_an_app() -> None:
     """Passing something else than a di_lifespan App is one clear configuration error."""
     with pytest.raises(ConfigurationError, match="expected a di_lifespan App"):
         setup_dishka(object(), FastAPI())  # type: ignore[arg-type]  # the mistake under test
+
+
+async def test_a_plain_starlette_app_is_served_the_same_way() -> None:
+    """Starlette routes with dishka's starlette inject get the app's resources too."""
+    app, _, setups = build()
+
+    @inject
+    async def seen(request: Request, counter: FromDishka[Counter]) -> JSONResponse:
+        return JSONResponse(counter.seen)
+
+    web = Starlette(routes=[Route("/seen", seen)], lifespan=app.asgi_lifespan)
+    setup_dishka(app, web)
+    async with LifespanManager(web), http(web) as client:
+        await app.publish("words", "hi")
+        await wait_for(await app.container.get(Counter), 1)
+        assert (await client.get("/seen")).json() == ["hi"]
+    assert setups == [1]
