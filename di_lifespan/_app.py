@@ -331,6 +331,18 @@ class App:
             self._forced_stop = self._forced_stop or run.forced
         self._raise_outcome(run, body_error)
 
+    @asynccontextmanager
+    async def asgi_lifespan(self, asgi_app: object) -> AsyncIterator[None]:
+        """The app's lifespan as an ASGI app's: ``FastAPI(lifespan=app.asgi_lifespan)``.
+
+        The ASGI server's startup starts the app (every resource ready, handlers consuming)
+        and its shutdown stops it; HTTP routes get the app's resources through
+        ``di_lifespan.fastapi.setup_dishka``. Starlette enters and exits it in one task, as
+        the app requires. ``asgi_app`` (the FastAPI or Starlette app) is not used.
+        """
+        async with self.lifespan():
+            yield
+
     def _raise_outcome(self, run: LifespanRun, body_error: BaseException | None) -> None:
         if run.startup_error is not None:
             raise run.startup_error

@@ -146,3 +146,12 @@ def test_the_testing_guide_passes_as_a_new_project(
     pytester.makepyfile(**{name.removesuffix(".py"): code for name, code in files.items()})
     result = run_pytest(pytester, monkeypatch, "-W", "error", *plugins)
     result.assert_outcomes(passed=7)
+
+
+def test_the_fastapi_example_prints_what_the_page_says() -> None:
+    """The FastAPI page's test prints the counted word, then the finalizer's line."""
+    app_and_test, _starlette = python_blocks(DOCS / "fastapi.md")
+    assert run_block(app_and_test, "docs/fastapi").splitlines() == [
+        "['hello']",
+        "counter closed after 1 words",
+    ]

@@ -1,12 +1,13 @@
-"""The iris service: a model set up at startup serves predictions from a topic to a topic.
+"""The iris service: the model is fitted at startup and serves predictions from topic to topic.
 
-Run it with ``make demo`` (or ``python -m examples.iris_service``). It runs on a local
-Kafka-protocol broker started with the app (``embedded://``; set ``DI_LIFESPAN_BROKER`` to
-``kafka://host:9092`` for a real Kafka, or ``memory://``). It starts the app (the startup
-report shows the model trained in a worker thread while the prediction log opens), publishes a
-few flowers and one invalid message, lets the handlers classify and audit them, prints what
-reached each topic, and stops: in-flight work finishes, offsets are committed, and the
-resources are finalized in reverse order.
+Its resources are plain dishka generator providers: the model (fitted in a worker thread
+while the prediction log opens) and the prediction log. ``predict`` reads flowers from
+``input_data`` and publishes each prediction to ``predictions``; ``audit`` records them; a
+flower that does not validate goes, after its retries, to ``input_data.dlq``, where the
+operator's handler reports why. ``python -m examples.iris`` runs it end to end.
+
+It runs on a local Kafka-protocol broker started with the app (``embedded://``) unless
+``DI_LIFESPAN_BROKER`` names another (``kafka://host:9092``, ``memory://``).
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ import anyio
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from di_lifespan import App, FromDishka, Message, Provider, Scope, provide
-from examples.iris import IrisInput, IrisModel, IrisPrediction
+from examples.iris.model import IrisInput, IrisModel, IrisPrediction
 
-DATA = Path(__file__).parent / "data" / "iris_sample.csv"
+logger = logging.getLogger("examples.iris")
 
 
 class Settings(BaseSettings):
@@ -32,7 +33,6 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="IRIS_")
 
-    training_data: Path = DATA
     prediction_log: Path = Path(tempfile.gettempdir()) / "di_lifespan_predictions.log"
 
 
@@ -83,24 +83,23 @@ class Resources(Provider):
     """The service's resources: plain dishka generator providers."""
 
     @provide(scope=Scope.APP)
-    async def model(self, settings: Settings) -> AsyncIterator[IrisModel]:
-        # Training is blocking work: a thread lets the other resources start meanwhile.
-        model = await anyio.to_thread.run_sync(IrisModel.train, settings.training_data)
-        print(f"model trained on {settings.training_data.name}: {sorted(model.centroids)}")
+    async def model(self) -> AsyncIterator[IrisModel]:
+        # Fitting is blocking work: in a thread, it lets the other resources start meanwhile.
+        model = await anyio.to_thread.run_sync(IrisModel.fit)
+        logger.info("model loaded: logistic regression over %s", ", ".join(model.species))
         yield model
-        print("model released")
+        logger.info("model cleared")
 
     @provide(scope=Scope.APP)
     async def prediction_log(self, settings: Settings) -> AsyncIterator[PredictionLog]:
         log = PredictionLog(settings.prediction_log)
         yield log
         log.close()
-        print(f"prediction log closed after {log.written} lines")
+        logger.info("prediction log closed after %d lines", log.written)
 
     dead_letters = provide(DeadLetters, scope=Scope.APP)
 
 
-# A local Kafka-protocol broker unless DI_LIFESPAN_BROKER names another.
 app = App(
     Resources(), settings=Settings, broker=os.environ.get("DI_LIFESPAN_BROKER") or "embedded://"
 )
@@ -134,32 +133,3 @@ def check_model(model: FromDishka[IrisModel]) -> None:
     setosa = IrisInput(sepal_length=5.1, sepal_width=3.5, petal_length=1.4, petal_width=0.2)
     if model.predict(setosa).species != "setosa":
         raise RuntimeError("the model does not recognise a setosa")
-
-
-FLOWERS = {
-    "flower-1": IrisInput(sepal_length=5.0, sepal_width=3.4, petal_length=1.5, petal_width=0.2),
-    "flower-2": IrisInput(sepal_length=6.1, sepal_width=2.8, petal_length=4.7, petal_width=1.2),
-    "flower-3": IrisInput(sepal_length=6.7, sepal_width=3.1, petal_length=5.6, petal_width=2.4),
-}
-
-
-async def main() -> None:
-    """Run the service, feed it flowers and one bad message, show where everything went."""
-    async with app:
-        log = await app.container.get(PredictionLog)
-        inbox = await app.container.get(DeadLetters)
-        for key, flower in FLOWERS.items():
-            await app.publish("input_data", flower, key=key)
-        await app.publish("input_data", {"sepal_length": -1}, key="flower-4")
-        with anyio.fail_after(60):
-            await log.wait_for(len(FLOWERS))
-            await inbox.wait_for(1)
-        print(f"audited: {log.path.read_text().splitlines()[-len(FLOWERS) :]}")
-        for line in inbox.lines:
-            print(line)
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)  # its group-join chatter
-    anyio.run(main)
