@@ -32,10 +32,12 @@ _LAST_PORT = 65535
 class EmbeddedKafka:
     """A Tansu broker on ``127.0.0.1:port`` (a free port when not given), memory only.
 
-    Use it as a context manager (sync or async), or call start() and stop()::
+    Use it as a context manager (sync or async), or call start() and stop():
 
-        with EmbeddedKafka() as kafka:
-            print(kafka.bootstrap_servers)   # "127.0.0.1:39021"
+    ```python
+    with EmbeddedKafka() as kafka:
+        print(kafka.bootstrap_servers)  # "127.0.0.1:39021"
+    ```
 
     ``advertised_address`` (``"host:port"``) is the address the broker names in its metadata,
     where clients connect after bootstrapping: give it when clients reach the broker through a
@@ -102,6 +104,9 @@ class EmbeddedKafka:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            # Its own session: a terminal's Ctrl+C goes to the app alone, which then stops
+            # gracefully with the broker still there, and stops it last.
+            start_new_session=True,
         )
         self._wait_until_ready()
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +18,8 @@ import di_lifespan
 from di_lifespan import EmbeddedKafkaError
 from di_lifespan.kafka import EmbeddedKafka
 from tests.confluent import AdminClient
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -85,3 +92,27 @@ def test_an_advertised_address_without_a_port_is_refused(address: object) -> Non
     """An advertised_address that is not host:port is a ConfigurationError at once."""
     with pytest.raises(di_lifespan.ConfigurationError, match="expected host:port"):
         EmbeddedKafka(advertised_address=address)  # type: ignore[arg-type]  # on purpose
+
+
+@pytest.mark.timeout(90)
+def test_ctrl_c_in_a_terminal_stops_an_embedded_app_gracefully() -> None:
+    """SIGINT to the whole process group (a terminal's Ctrl+C) stops the app cleanly, exit 0."""
+    service = subprocess.Popen(
+        [sys.executable, "-m", "tests.apps.embedded_service"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a group of its own, as a shell gives a foreground job
+    )
+    try:
+        assert service.stdout is not None
+        assert service.stdout.readline().strip() == "ready", service.stderr
+        os.killpg(service.pid, signal.SIGINT)
+        _, stderr = service.communicate(timeout=60)
+    finally:
+        if service.poll() is None:
+            os.killpg(service.pid, signal.SIGKILL)
+            service.wait()
+    assert service.returncode == 0, stderr
+    assert "ERROR" not in stderr, stderr
