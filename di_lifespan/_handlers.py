@@ -219,8 +219,12 @@ class BoundHandler:
                     " at REQUEST scope)",
                 )
 
-    async def __call__(self, message: Message) -> Any:
-        """Decode the body, inject, call the handler; return what it returned."""
+    def __call__(self, message: Message) -> Awaitable[Any]:
+        """Decode the body and inject; the awaitable returned runs the handler, gives its result.
+
+        Raises InvalidBodyError at once for a body that does not validate. The handler's own
+        coroutine is returned when nothing is resolved per message: no wrapper to await.
+        """
         arguments = self._app_values.copy()
         if self._body is not None:
             try:
@@ -234,10 +238,18 @@ class BoundHandler:
                 raise InvalidBodyError(message, describe(error)) from error
         if self._message is not None:
             arguments[self._message] = message
-        if not self._request:
-            for parameter, key in self._per_call:
-                arguments[parameter] = await self._container.get(key.type_hint, key.component)
-            return await self._call(**arguments)
+        if self._request:
+            return self._call_in_scope(message, arguments)
+        if self._per_call:
+            return self._call_with_per_call(arguments)
+        return self._call(**arguments)
+
+    async def _call_with_per_call(self, arguments: dict[str, Any]) -> Any:
+        for parameter, key in self._per_call:
+            arguments[parameter] = await self._container.get(key.type_hint, key.component)
+        return await self._call(**arguments)
+
+    async def _call_in_scope(self, message: Message, arguments: dict[str, Any]) -> Any:
         async with self._container(context={_MESSAGE_CONTEXT: message}) as request:
             for parameter, key in self._request:
                 arguments[parameter] = await request.get(key.type_hint, key.component)
