@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import signal
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -32,6 +31,7 @@ from ._errors import (
 from ._health import DEFAULT_HEALTH_HOST
 from ._hooks import Hook, function_name
 from ._lifespan import AppStatus, LifespanPlan, LifespanRun
+from ._limits import seconds
 from ._message import Headers
 from ._metrics import AppMetrics
 from ._overrides import Override, check_overrides, resolve_overrides
@@ -116,14 +116,14 @@ class App:
         self._context = dict(context or {})
         check_context(self._context, providers, settings)
         self._lifespan = lifespan_factory(lifespan)
-        self.startup_timeout = _seconds("App(startup_timeout=...)", startup_timeout)
-        self.shutdown_timeout = _seconds("App(shutdown_timeout=...)", shutdown_timeout)
-        self.graceful_timeout = _seconds("App(graceful_timeout=...)", graceful_timeout)
+        self.startup_timeout = seconds("App(startup_timeout=...)", startup_timeout)
+        self.shutdown_timeout = seconds("App(shutdown_timeout=...)", shutdown_timeout)
+        self.graceful_timeout = seconds("App(graceful_timeout=...)", graceful_timeout)
         self.broker = broker_from(broker)
         self._router = Router()
         self._router.attach(self)
         self._startup_timeouts = {
-            type_hint: _seconds(f"App(startup_timeouts=...) entry {type_hint!r}", value)
+            type_hint: seconds(f"App(startup_timeouts=...) entry {type_hint!r}", value)
             for type_hint, value in (startup_timeouts or {}).items()
         }
         self.env_file = Path(env_file) if env_file is not None else None
@@ -403,7 +403,7 @@ class App:
             graceful_timeout=(
                 self.graceful_timeout
                 if graceful_timeout is None
-                else _seconds("graceful_timeout", graceful_timeout)
+                else seconds("graceful_timeout", graceful_timeout)
             ),
             startup_timeouts=self._startup_timeouts,
             report_error=report_error,
@@ -485,14 +485,6 @@ class App:
             elif received == signal.SIGINT:
                 logger.warning("second interrupt: cancelling the rest of the shutdown")
                 self.force_stop()
-
-
-def _seconds(where: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(where, f"expected a number of seconds, got {value!r}")
-    if not (value > 0 and math.isfinite(value)):
-        raise ConfigurationError(where, f"expected a positive number of seconds, got {value!r}")
-    return float(value)
 
 
 def _port(where: str, value: Any) -> int | None:

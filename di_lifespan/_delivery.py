@@ -33,6 +33,7 @@ from ._codec import encode
 from ._errors import (
     DeliveryError,
     EncodingError,
+    HandlerTimeoutError,
     SendRejectedError,
     ShutdownStepError,
     ShutdownTimeoutError,
@@ -45,7 +46,7 @@ from ._errors import (
 from ._handlers import BoundHandler, InvalidBodyError
 from ._limits import StopShields, TimeLimit, is_stray_cancellation
 from ._message import Headers, Message
-from ._metrics import NO_METRICS, NO_OBSERVER, Metrics, SubscriberObserver
+from ._metrics import NO_METRICS, NO_OBSERVER, HandlerCall, Metrics, SubscriberObserver
 
 __all__ = [
     "DEAD_LETTER_HEADERS",
@@ -197,7 +198,10 @@ class SubscriberLoop:
         self.spec = spec = handler.spec
         self.name = spec.name
         self.consumer: Consumer | None = None  # set once subscribed
-        self._handler = observer.wrap(handler)  # metrics off: the handler itself
+        call = observer.wrap(handler)  # metrics off: the handler itself
+        if spec.handler_timeout is not None:
+            call = _time_limited(call, spec.handler_timeout, spec.name)
+        self._handler = call
         self._observer = observer
         self._broker = broker
         self._shields = shields
@@ -734,6 +738,17 @@ async def _refusal_of(delivery: Delivery) -> SendRejectedError | None:
     except SendRejectedError as refusal:
         return refusal
     return None
+
+
+def _time_limited(call: HandlerCall, seconds: float, name: str) -> HandlerCall:
+    """``call``, cancelled after ``seconds``: that attempt then fails with HandlerTimeoutError."""
+
+    async def limited(message: Message) -> Any:
+        with anyio.move_on_after(seconds):
+            return await call(message)
+        raise HandlerTimeoutError(name, seconds)  # the block was cancelled at its deadline
+
+    return limited
 
 
 class HandlerCancelledError(Exception):

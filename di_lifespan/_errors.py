@@ -15,6 +15,7 @@ Every error derives from ``DiLifespanError``::
     │   ├── BrokerUnavailableError  the broker stayed unreachable past its bound
     │   └── EmbeddedKafkaError      the embedded broker could not be found or did not come up
     ├── EncodingError               (also a TypeError) a value, key or header cannot be published
+    ├── HandlerTimeoutError         a handler outlived its subscriber's handler_timeout
     ├── ShutdownError               (also an ExceptionGroup) every failure of one shutdown
     └── ShutdownStepError           one failed step inside a ShutdownError
         └── ShutdownTimeoutError    a finalizer or hook that outlived its time limit
@@ -38,6 +39,7 @@ __all__ = [
     "EmbeddedKafkaError",
     "EncodingError",
     "GraphError",
+    "HandlerTimeoutError",
     "LifespanStateError",
     "SendRejectedError",
     "ShutdownError",
@@ -231,6 +233,25 @@ class EncodingError(DiLifespanError, TypeError):
 
     def __str__(self) -> str:
         return f"cannot publish {self.what}: {self.reason}"
+
+
+class HandlerTimeoutError(DiLifespanError):
+    """A handler ran longer than its subscriber's ``handler_timeout`` and was cancelled.
+
+    It counts as the handler's failure: the message is tried again per the subscriber's
+    ``retry``, then dead-lettered. ``handler`` names the handler, ``seconds`` the limit.
+    """
+
+    def __init__(self, handler: str, seconds: float) -> None:
+        self.handler = handler
+        self.seconds = seconds
+        super().__init__(handler, seconds)
+
+    def __str__(self) -> str:
+        return (
+            f"handler {self.handler} ran longer than its handler_timeout of {self.seconds:g} s"
+            " and was cancelled"
+        )
 
 
 class ShutdownStepError(DiLifespanError):

@@ -124,6 +124,7 @@ class HandlerSpec:
     max_concurrency: int
     signature: Signature
     publish_to: list[str] = field(default_factory=list)
+    handler_timeout: float | None = None
 
     @property
     def name(self) -> str:

@@ -4,6 +4,7 @@
   shields itself) and returns after its limit is still over its limit.
 - ``StopShields``: shutdown steps run in shielded scopes, so a cancelled caller cannot leave
   finalizers unrun; ``force()`` cancels every such scope, now and later.
+- ``seconds``: a time limit given by a user, checked: a positive, finite number.
 - ``is_stray_cancellation``: a CancelledError that no cancel scope asked for (user code awaited
   a future that someone else cancelled) is an error of that code, not a stop.
 """
@@ -11,11 +12,24 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from types import TracebackType
+from typing import Any
 
 import anyio
 
-__all__ = ["StopShields", "TimeLimit", "is_stray_cancellation"]
+from ._errors import ConfigurationError
+
+__all__ = ["StopShields", "TimeLimit", "is_stray_cancellation", "seconds"]
+
+
+def seconds(where: str, value: Any) -> float:
+    """``value`` as seconds; ConfigurationError naming ``where`` unless positive and finite."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(where, f"expected a number of seconds, got {value!r}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigurationError(where, f"expected a positive number of seconds, got {value!r}")
+    return float(value)
 
 
 class TimeLimit:

@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 from ._errors import ConfigurationError, LifespanStateError
 from ._handlers import HandlerSpec, Retry, Signature
 from ._hooks import function_name, is_async_callable
+from ._limits import seconds
 
 __all__ = [
     "DEFAULT_DEAD_LETTER",
@@ -107,6 +108,7 @@ class Router:
         retry: Retry | None = DEFAULT_RETRY,
         dead_letter: str | None = DEFAULT_DEAD_LETTER,
         max_concurrency: int = 1,
+        handler_timeout: float | None = None,
     ) -> Callable[[Func], Func]:
         """Handle every message of ``topic`` (and ``more_topics``) with the decorated function.
 
@@ -119,6 +121,9 @@ class Router:
         then the message goes to ``dead_letter`` (``{topic}`` is the message's topic; None
         drops it with an error log line). ``max_concurrency`` partitions are handled at once;
         within a partition, messages are handled one at a time, in order.
+        ``handler_timeout`` (seconds) bounds each attempt: a handler still running then is
+        cancelled, and that attempt fails with HandlerTimeoutError (retried, then
+        dead-lettered, as any failure); None, the default, sets no limit.
         """
         topics = (topic, *more_topics)
         where = f"subscriber({', '.join(map(repr, topics))})"
@@ -145,6 +150,8 @@ class Router:
             raise ConfigurationError(
                 where, f"max_concurrency must be a whole number >= 1, got {max_concurrency!r}"
             )
+        if handler_timeout is not None:
+            handler_timeout = seconds(f"{where} handler_timeout", handler_timeout)
 
         def register(func: Func) -> Func:
             if not callable(func):
@@ -160,6 +167,7 @@ class Router:
                 max_concurrency,
                 Signature.read(target, f"handler {function_name(target)}"),
                 topics_out,
+                handler_timeout,
             )
             self.handlers.append(spec)
             # The plain function: called directly (in a unit test, say) it publishes nothing.

@@ -7,7 +7,14 @@ import asyncio
 import anyio
 import pytest
 
-from di_lifespan import DEAD_LETTER_HEADERS, App, MemoryBroker, Retry, ShutdownError
+from di_lifespan import (
+    DEAD_LETTER_HEADERS,
+    App,
+    ConfigurationError,
+    MemoryBroker,
+    Retry,
+    ShutdownError,
+)
 from di_lifespan.testing import TestClient
 
 
@@ -170,3 +177,57 @@ async def test_a_cancellation_during_the_exit_is_not_masked_by_a_handler_error()
             await client.app.publish("jobs", b"job")
             await failed.wait()
     assert outer.cancelled_caught
+
+
+async def test_a_handler_past_its_handler_timeout_is_cancelled_retried_then_dead_lettered() -> None:
+    """handler_timeout cancels a hung attempt; it is retried, then dead-lettered; work goes on."""
+    broker = MemoryBroker()
+    app = App(broker=broker)
+    attempts: list[str] = []
+    handled: list[str] = []
+
+    @app.subscriber(
+        "jobs", group="workers", retry=Retry(attempts=2, backoff=0), handler_timeout=0.05
+    )
+    async def work(job: str) -> None:
+        attempts.append(job)
+        if job == "hang":
+            await anyio.sleep_forever()
+        handled.append(job)
+
+    async with app:
+        with anyio.fail_after(5):
+            await app.publish("jobs", "hang")
+            await app.publish("jobs", "next")
+            while not (broker.messages("jobs.dlq") and handled):
+                await broker.wait_for_change()
+    (dead,) = broker.messages("jobs.dlq")
+    assert dead.header("x-error-type") == "HandlerTimeoutError"
+    assert "handler_timeout of 0.05 s" in (dead.header("x-error") or "")
+    assert dead.header(DEAD_LETTER_HEADERS["attempts"]) == "2"
+    assert attempts == ["hang", "hang", "next"]
+    assert handled == ["next"]
+    assert broker.committed("workers", "jobs") == [2]
+
+
+async def test_a_handler_within_its_handler_timeout_is_untouched() -> None:
+    """A handler that finishes within handler_timeout returns its result as usual."""
+    app = App()
+
+    @app.subscriber("prices", handler_timeout=1)
+    @app.publisher("doubled")
+    async def double(price: int) -> int:
+        await anyio.sleep(0.01)
+        return price * 2
+
+    async with TestClient(app) as client:
+        await client.publish("prices", 21)
+        assert client.published("doubled") == [42]
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("inf"), "5", True])
+def test_a_handler_timeout_that_is_not_a_positive_number_is_refused(bad: object) -> None:
+    """handler_timeout must be a positive, finite number of seconds: the error names it."""
+    app = App()
+    with pytest.raises(ConfigurationError, match="handler_timeout"):
+        app.subscriber("jobs", handler_timeout=bad)

@@ -23,6 +23,7 @@ EXPECTED = {
     "DiLifespanError",
     "EmbeddedKafkaError",
     "EncodingError",
+    "HandlerTimeoutError",
     "FromDishka",
     "GraphError",
     "LifespanStateError",
