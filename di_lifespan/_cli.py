@@ -96,7 +96,10 @@ def _guarded(command: Callable[..., int | None]) -> Callable[..., None]:
     def run(*args: Any, **kwargs: Any) -> None:
         output = Output(debug=bool(kwargs.get("debug")), prefix=_worker_prefix())
         try:
-            status = command(output, *args, **kwargs)
+            try:
+                status = command(output, *args, **kwargs)
+            except BaseExceptionGroup as group:
+                raise _single(group) from group
         except (typer.Exit, typer.Abort):
             raise
         except CliError as error:
@@ -118,6 +121,14 @@ def _guarded(command: Callable[..., int | None]) -> Callable[..., None]:
         parameters=list(signature.parameters.values())[1:]
     )
     return run
+
+
+def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error inside (nested) task groups' wrappers, or the group when there are more."""
+    errors: list[BaseException] = [group]
+    while len(errors) == 1 and isinstance(errors[0], BaseExceptionGroup):
+        errors = list(errors[0].exceptions)
+    return errors[0] if len(errors) == 1 else group
 
 
 def _exit(status: int) -> NoReturn:
@@ -197,14 +208,17 @@ def run(
             output, service=service, broker=broker, workers=workers, reload=reload, argv=sys.argv
         )
     output.configure_logging(log_level.value)
+    env_file = env_file_for(service, env)
+    options = {**given, **extras}
+    plan_of(service, env_file=env_file, options=options)  # a bad option value: exit 2 now
     return anyio.run(
         functools.partial(
             serve,
             service,
             output,
             broker=None if broker is None else make_broker(broker),
-            env_file=env_file_for(service, env),
-            options={**given, **extras},
+            env_file=env_file,
+            options=options,
         )
     )
 

@@ -76,6 +76,10 @@ class Output:
         root = logging.getLogger()
         root.handlers[:] = [handler]
         root.setLevel(level.upper())
+        # The Kafka client narrates every group join at INFO: only with --log-level debug.
+        logging.getLogger("aiokafka").setLevel(
+            logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING
+        )
 
     def info(self, text: str) -> None:
         """One line for the person running the command."""

@@ -20,7 +20,7 @@ from dishka import AsyncContainer, DependencyKey
 from dishka.integrations.base import default_parse_dependency
 from pydantic import TypeAdapter, ValidationError
 
-from ._errors import ConfigurationError, describe
+from ._errors import ConfigurationError
 
 __all__ = [
     "Hook",
@@ -146,8 +146,9 @@ class Hook:
             try:
                 bound[name] = value if hint is Any else TypeAdapter(hint).validate_python(value)
             except ValidationError as error:
+                problems = "; ".join(item["msg"] for item in error.errors(include_url=False))
                 raise ConfigurationError(
-                    self.name, f"option {name!r}: {describe(error)}"
+                    self.name, f"option {name}={value!r}: {problems}"
                 ) from error
         return Hook(
             functools.partial(self.func, **bound), self.stage, self.dependencies, self.options

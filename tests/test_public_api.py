@@ -80,6 +80,7 @@ def test_dishka_names_are_dishkas_own() -> None:
             {"EmbeddedKafka", "EmbeddedKafkaBroker", "EmbeddedKafkaError", "KafkaBroker"},
         ),
         ("di_lifespan.testing", {"Override", "TestClient", "override"}),
+        ("di_lifespan.cli", {"app", "main"}),
     ],
 )
 def test_the_public_submodules_export_exactly_their_names(module: str, names: set[str]) -> None:
