@@ -1,5 +1,8 @@
-"""The di-lifespan command, driven as a user drives it: in child processes (in this one where
-no signal or log setup is involved), reading its output."""
+"""The di-lifespan command, driven as a user drives it, reading its output.
+
+Commands that handle signals or set up logging run in child processes; the others run in this
+one (through typer's test runner), which is quicker.
+"""
 
 from __future__ import annotations
 
