@@ -207,13 +207,14 @@ def serve_broker(port: int | None, out: IO[str], say: Callable[[str], None]) -> 
             f"kafka://{kafka.bootstrap_servers}"
             f"?idempotent=false&session_timeout_ms={EMBEDDED_SESSION_TIMEOUT_MS}"
         )
+        anyio.run(_until_signalled, url, out, say)
+
+
+async def _until_signalled(url: str, out: IO[str], say: Callable[[str], None]) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        # Printed once a signal would stop it in order: whoever reads the URL may stop it.
         out.write(url + "\n")
         out.flush()
         say("embedded broker running (memory only; Ctrl+C to stop)")
-        anyio.run(_until_signalled)
-
-
-async def _until_signalled() -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
             return
