@@ -200,12 +200,24 @@ def run(
             USAGE,
         )
     if env is not None and service.settings is None and "env" not in taken:
-        output.error(
+        output.warning(
             f"--env {str(env)!r}: ignored, the app has no settings class and no hook takes env"
         )
     if workers > 1 or reload:
+        worker_options = ["--log-level", log_level.value, *ctx.args]
+        if env is not None:
+            worker_options += ["--env", str(env)]
+        if debug:
+            worker_options.append("--debug")
         return _supervise(
-            output, service=service, broker=broker, workers=workers, reload=reload, argv=sys.argv
+            output,
+            service=service,
+            target=target,
+            broker=broker,
+            workers=workers,
+            reload=reload,
+            worker_options=worker_options,
+            log_level=log_level.value,
         )
     output.configure_logging(log_level.value)
     env_file = env_file_for(service, env)
@@ -227,10 +239,12 @@ def _supervise(
     output: Output,
     *,
     service: Any,
+    target: str,
     broker: str | None,
     workers: int,
     reload: bool,
-    argv: list[str],
+    worker_options: list[str],
+    log_level: str,
 ) -> int:
     from ._embedded import EmbeddedKafka  # noqa: PLC0415  # only for embedded://
 
@@ -242,12 +256,13 @@ def _supervise(
             " and they would share nothing; give --broker kafka://host:port or embedded://",
             USAGE,
         )
-    output.configure_logging("info")
-    command = [sys.executable, "-m", "di_lifespan.cli", *_worker_arguments(argv)]
+    output.configure_logging(log_level)
+    command = [sys.executable, "-m", "di_lifespan.cli", "run", target, *worker_options]
+    reload_dirs = [Path.cwd()] if reload else []
     if scheme != "embedded":
-        return Supervisor(
-            command, workers, reload_dirs=_reload_dirs(reload=reload), say=output.info
-        ).run()
+        if broker is not None:
+            command += ["--broker", broker]
+        return Supervisor(command, workers, reload_dirs=reload_dirs, say=output.info).run()
     # One broker for all workers (and across reloads), held by the parent.
     with EmbeddedKafka() as kafka:
         shared = (
@@ -256,30 +271,7 @@ def _supervise(
         )
         output.info(f"embedded broker at {shared}")
         command += ["--broker", shared]
-        return Supervisor(
-            command, workers, reload_dirs=_reload_dirs(reload=reload), say=output.info
-        ).run()
-
-
-def _reload_dirs(*, reload: bool) -> list[Path]:
-    return [Path.cwd()] if reload else []
-
-
-def _worker_arguments(argv: list[str]) -> list[str]:
-    """The command line of a worker: this one without --workers, --reload (and --broker, later)."""
-    arguments = argv[1:]
-    kept: list[str] = []
-    skip = False
-    for argument in arguments:
-        if skip:
-            skip = False
-            continue
-        name = argument.partition("=")[0]
-        if name in ("--workers", "--reload") or (name == "--broker" and "=" in argument):
-            skip = name == "--workers" and "=" not in argument
-            continue
-        kept.append(argument)
-    return kept
+        return Supervisor(command, workers, reload_dirs=reload_dirs, say=output.info).run()
 
 
 # --- check, graph, asyncapi -----------------------------------------------------------------

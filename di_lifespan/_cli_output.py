@@ -85,6 +85,10 @@ class Output:
         """One line for the person running the command."""
         self.console.print(escape(self.prefix + text), soft_wrap=True)
 
+    def warning(self, text: str) -> None:
+        """``warning: text`` as one line."""
+        self.console.print(f"[bold yellow]warning:[/] {escape(self.prefix + text)}", soft_wrap=True)
+
     def error(self, text: str, error: BaseException | None = None) -> None:
         """``error: text`` as one line; with ``--debug`` the traceback of ``error`` first."""
         if self.debug and error is not None:

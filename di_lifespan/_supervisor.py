@@ -35,6 +35,7 @@ WORKER_ENV = "DI_LIFESPAN_WORKER"  # the worker's number, 1 to N, in each worker
 FIRST_PAUSE = 0.5  # seconds before a worker that died is started again
 LONGEST_PAUSE = 30.0
 STEADY = 10.0  # a worker that ran this long before dying is started again after FIRST_PAUSE
+RELOAD_GRACE = 30.0  # seconds a worker has to stop before a reload kills it
 _TICK = 0.05  # seconds between looks at the workers
 _USAGE = 2
 _FORCED = 130
@@ -149,8 +150,7 @@ class Supervisor:
         for worker in self._workers:
             worker.pause = FIRST_PAUSE
             if worker.process is not None:
-                worker.process.send_signal(signal.SIGTERM)
-                worker.process.wait()
+                _stop(worker.process)
                 worker.process = None
             self._start(worker)
 
@@ -217,3 +217,13 @@ class Supervisor:
         ):
             paths = sorted({Path(path).name for _, path in changes})
             self._changes.put(", ".join(paths))
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and SIGKILL after RELOAD_GRACE seconds: a reload must not hang on a stuck worker."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=RELOAD_GRACE)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
