@@ -21,6 +21,7 @@ from ._app import App, AppStatus
 from ._broker import Broker
 from ._cli_output import CliError, Output
 from ._errors import ConfigurationError, ShutdownError, StartupError
+from ._kafka import EMBEDDED_SESSION_TIMEOUT_MS
 from ._report import Outcome
 
 __all__ = ["serve"]
@@ -29,6 +30,7 @@ logger = logging.getLogger("di_lifespan")
 
 FORCED = 130
 _PROGRESS_EVERY = 0.1  # seconds between updates of the startup spinner
+_LOG_PROGRESS_EVERY = 5.0  # seconds between "still starting" log lines, without a terminal
 
 
 class _Run:
@@ -79,7 +81,7 @@ async def _serve(
     options: Mapping[str, Any],
 ) -> int:
     spinner = output.spinner("starting")
-    watchers.start_soon(_show_progress, app, spinner.update)
+    watchers.start_soon(_show_progress, app, spinner.update, output.interactive)
     try:
         with run.stopping:
             async with app.lifespan(broker=broker, env_file=env_file, options=options):
@@ -117,12 +119,27 @@ def _started(app: App, output: Output, broker: Broker | None) -> None:
     running = broker or app.broker
     if running.url == "embedded://":
         address = getattr(running, "bootstrap_servers", None)
-        output.info(f"embedded broker at kafka://{address}?idempotent=false")
+        output.info(
+            f"embedded broker at kafka://{address}"
+            f"?idempotent=false&session_timeout_ms={EMBEDDED_SESSION_TIMEOUT_MS}"
+        )
     output.info("ready (Ctrl+C to stop)")
 
 
-async def _show_progress(app: App, update: Any) -> None:
-    """Say on the spinner which resources are being set up, for how long."""
+async def _show_progress(app: App, update: Any, interactive: bool) -> None:  # noqa: FBT001  # started with start_soon
+    """Say on the spinner which resources are being set up, for how long.
+
+    Without a terminal (no spinner) a log line says it every ``_LOG_PROGRESS_EVERY`` seconds.
+    """
+    logged = time.monotonic()
+
+    def show(text: str) -> None:
+        nonlocal logged
+        update(text)
+        if not interactive and time.monotonic() - logged >= _LOG_PROGRESS_EVERY:
+            logged = time.monotonic()
+            logger.info("still %s", text)
+
     while app.status is not AppStatus.RUNNING:
         report = app.startup_report
         if report is not None and app.status is AppStatus.STARTING:
@@ -133,9 +150,9 @@ async def _show_progress(app: App, update: Any) -> None:
                 if entry.offset is not None and entry.outcome is Outcome.NOT_STARTED
             ]
             if pending:
-                update(f"starting: {', '.join(pending)}")
+                show(f"starting: {', '.join(pending)}")
             elif report.resources and all(e.outcome is Outcome.OK for e in report.resources):
-                update(f"resources ready; connecting to {report.broker} and subscribing")
+                show(f"connecting to {report.broker} and subscribing (resources ready)")
         await anyio.sleep(_PROGRESS_EVERY)
 
 

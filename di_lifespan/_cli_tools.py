@@ -124,6 +124,7 @@ async def consume(
 
     Returns how many messages were printed.
     """
+    commits = group is not None
     if group is None and from_beginning:
         group = f"di-lifespan-consume-{uuid.uuid4().hex[:12]}"  # new: reads from the start
     seen = 0
@@ -148,7 +149,7 @@ async def consume(
                             for message in messages[:wanted]:
                                 write(message_line(message))
                             seen += min(len(messages), wanted)
-                            if group is not None:
+                            if commits:
                                 await consumer.commit(_next_offsets(messages[:wanted]))
                     tasks.cancel_scope.cancel()
         finally:
