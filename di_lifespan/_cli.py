@@ -402,6 +402,14 @@ def asyncapi(
 # --- publish, consume, broker ---------------------------------------------------------------
 
 
+def _quiet_client(output: Output, *, debug: bool) -> None:
+    """Warnings (ours: a broker that does not answer yet) and the client's critical errors only.
+
+    An unreachable broker ends the command with one error line; ``--debug`` shows every record.
+    """
+    output.configure_logging("debug" if debug else "warning", client_level="critical")
+
+
 @app.command(name="publish")
 @_guarded
 def publish_command(
@@ -426,6 +434,7 @@ def publish_command(
     target = tool_broker(broker)
     bodies = parse_values(values)
     headers = parse_headers(header or [])
+    _quiet_client(output, debug=debug)
     anyio.run(functools.partial(publish, target, topic, bodies, key=key, headers=headers))
     output.info(f"published {len(bodies)} message{'s' * (len(bodies) != 1)} to {topic}")
     return 0
@@ -457,6 +466,7 @@ def consume_command(
 ) -> int:
     """Print the messages of topics as JSON lines (from now on, or --from-beginning)."""
     target = tool_broker(broker)
+    _quiet_client(output, debug=debug)
 
     def write(line: str) -> None:
         sys.stdout.write(line + "\n")

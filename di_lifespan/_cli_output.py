@@ -61,8 +61,12 @@ class Output:
     def interactive(self) -> bool:
         return self.console.is_terminal
 
-    def configure_logging(self, level: str) -> None:
-        """Send every log record at ``level`` or above to stderr (replacing other handlers)."""
+    def configure_logging(self, level: str, *, client_level: str = "warning") -> None:
+        """Send every log record at ``level`` or above to stderr (replacing other handlers).
+
+        The Kafka client's own records show from ``client_level`` up, or all of them at
+        ``debug``.
+        """
         handler: logging.Handler
         if self.interactive:
             handler = RichHandler(console=self.console, show_path=False, markup=False)
@@ -78,7 +82,7 @@ class Output:
         root.setLevel(level.upper())
         # The Kafka client narrates every group join at INFO: only with --log-level debug.
         logging.getLogger("aiokafka").setLevel(
-            logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING
+            "DEBUG" if level.upper() == "DEBUG" else client_level.upper()
         )
 
     def info(self, text: str) -> None:

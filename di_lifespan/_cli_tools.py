@@ -24,6 +24,7 @@ from ._cli_output import CliError
 from ._cli_target import USAGE, make_broker
 from ._delivery import Publisher
 from ._embedded import EmbeddedKafka
+from ._errors import describe
 from ._kafka import EMBEDDED_SESSION_TIMEOUT_MS
 from ._message import Message
 
@@ -90,7 +91,7 @@ async def publish(
     headers: Sequence[tuple[str, str]],
 ) -> None:
     """Send each value (as JSON) and wait for the broker's acknowledgements."""
-    await broker.start()
+    await _connect(broker)
     try:
         publisher = Publisher(broker)
         for value in values:
@@ -98,6 +99,14 @@ async def publish(
     finally:
         with anyio.CancelScope(shield=True):
             await broker.stop()
+
+
+async def _connect(broker: Broker) -> None:
+    """Start the broker client; a broker that stays unreachable is one CliError line."""
+    try:
+        await broker.start()
+    except Exception as error:
+        raise CliError(f"cannot reach the broker {broker.url}: {describe(error)}") from error
 
 
 class _Assignment:
@@ -128,7 +137,7 @@ async def consume(
     if group is None and from_beginning:
         group = f"di-lifespan-consume-{uuid.uuid4().hex[:12]}"  # new: reads from the start
     seen = 0
-    await broker.start()
+    await _connect(broker)
     try:
         consumer = await broker.subscribe(
             Subscription(tuple(topics), group, name="di-lifespan consume"), _Assignment()

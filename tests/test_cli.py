@@ -54,7 +54,7 @@ def cli(*arguments: str, cwd: Path = ROOT, **extra: str) -> subprocess.Completed
 
 
 def invoke(*arguments: str) -> Result:
-    """Run a command inside this process (for what needs no signals or logging setup)."""
+    """Run a command inside this process: only those that set up no logging and no signals."""
     return CliRunner().invoke(cli_app, list(arguments))
 
 
@@ -395,8 +395,8 @@ def test_publish_then_consume_round_trip(kafka_bootstrap: str) -> None:
         (0, "k1", {"x-source": "cli"}, {"item": "pear", "quantity": 2}),
         (1, "k1", {"x-source": "cli"}, [1, 2]),
     ]
-    late = invoke("consume", "--broker", url, topic, "--count", "1", "--timeout", "0.5")
-    assert late.exit_code == 1
+    late = cli("consume", "--broker", url, topic, "--count", "1", "--timeout", "0.5")
+    assert late.returncode == 1
     assert late.stderr == "error: got 0 of 1 messages within 0.5 s\n"
 
 
