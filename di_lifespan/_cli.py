@@ -203,6 +203,11 @@ def run(
         output.warning(
             f"--env {str(env)!r}: ignored, the app has no settings class and no hook takes env"
         )
+    # Checked here, before any process starts: each is a usage error (exit status 2).
+    env_file = env_file_for(service, env)
+    options = {**given, **extras}
+    plan_of(service, env_file=env_file, options=options)  # an option value that does not convert
+    chosen = None if broker is None else make_broker(broker)
     if workers > 1 or reload:
         worker_options = ["--log-level", log_level.value, *ctx.args]
         if env is not None:
@@ -220,15 +225,12 @@ def run(
             log_level=log_level.value,
         )
     output.configure_logging(log_level.value)
-    env_file = env_file_for(service, env)
-    options = {**given, **extras}
-    plan_of(service, env_file=env_file, options=options)  # a bad option value: exit 2 now
     return anyio.run(
         functools.partial(
             serve,
             service,
             output,
-            broker=None if broker is None else make_broker(broker),
+            broker=chosen,
             env_file=env_file,
             options=options,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from pydantic import BaseModel
 from di_lifespan import App, ConfigurationError, FromDishka, StartupError
 from di_lifespan._cli_output import CliError
 from di_lifespan._cli_target import parse_options
+from di_lifespan._supervisor import Supervisor
 from di_lifespan.kafka import KafkaBroker
 
 
@@ -138,3 +140,12 @@ def test_a_stray_argument_is_a_usage_error() -> None:
     with pytest.raises(CliError, match="give extra options as --name value") as caught:
         parse_options(["--region", "eu", "us"])
     assert caught.value.code == 2
+
+
+def test_a_worker_that_exits_with_status_2_stops_them_all() -> None:
+    """A usage error in a worker would recur at every restart: the supervisor exits with 2."""
+    said: list[str] = []
+    worker = [sys.executable, "-c", "import sys; sys.exit(2)"]
+    assert Supervisor(worker, 2, say=said.append).run() == 2
+    assert "it cannot start as configured: stopping" in said
+    assert not any("again" in line for line in said)
