@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)  ## run the main demo end to end
-	$(BIN)/python -m examples.iris
+	$(BIN)/python -m examples.iris.demo
 
 test: $(STAMP)  ## run the test suite
 	$(BIN)/python -m pytest

@@ -66,6 +66,41 @@ def test_the_iris_demo_classifies_audits_and_cleans_up(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.timeout(180)
+def test_make_demo_drives_the_iris_service_through_the_command_line(tmp_path: Path) -> None:
+    """The demo's commands: broker, run, consume, publish, SIGTERM; predictions, orderly stop."""
+    result = subprocess.run(
+        [sys.executable, "-m", "examples.iris.demo"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+        env={**os.environ, "IRIS_PREDICTION_LOG": str(tmp_path / "predictions.log")},
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    commands = [line.split()[2] for line in lines if line.startswith("$ di-lifespan")]
+    assert commands == ["broker", "run", "consume", "publish", "publish"]
+    assert sorted(line for line in lines if line.startswith("  prediction: ")) == [
+        "  prediction: setosa",
+        "  prediction: versicolor",
+        "  prediction: virginica",
+    ]
+    (dead,) = [line for line in lines if line.startswith("  dead letter: ")]
+    assert "sepal_length" in dead
+    service = [line.removeprefix("  service | ") for line in lines if "service | " in line]
+    ready = next(n for n, line in enumerate(service) if line.startswith("ready"))
+    assert any("startup report: 4 of 4 resources ready" in line for line in service[:ready])
+    stopping = next(n for n, line in enumerate(service) if "received SIGTERM" in line)
+    assert service[stopping + 1 :] == [
+        *[line for line in service[stopping + 1 :] if line.endswith("model cleared")],
+        *[line for line in service[stopping + 1 :] if "prediction log closed after 3" in line],
+        "stopped",
+    ]
+    assert lines[-1].startswith("demo done")
+
+
 async def test_the_iris_service_predicts_and_dead_letters_a_negative_measure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
