@@ -172,6 +172,17 @@ def run(
     reload: Annotated[
         bool, typer.Option("--reload", help="Restart on changes of .py files (development).")
     ] = False,
+    health_port: Annotated[
+        int | None,
+        typer.Option(
+            "--health-port",
+            min=0,
+            max=65535,
+            help="Serve /live, /ready and /metrics on this port (0: a free one); with --workers,"
+            " worker k serves on PORT+k-1.",
+            show_default=False,
+        ),
+    ] = None,
     debug: Debug = False,
 ) -> int:
     """Run the app until SIGINT or SIGTERM: start, print the startup report, stop in order."""
@@ -182,6 +193,7 @@ def run(
         "workers": workers,
         "log_level": log_level.value,
         "reload": reload,
+        "health_port": health_port,
         "debug": debug,
     }
     given = {
@@ -214,6 +226,8 @@ def run(
             worker_options += ["--env", str(env)]
         if debug:
             worker_options.append("--debug")
+        if health_port is not None:
+            worker_options += ["--health-port", str(health_port)]
         return _supervise(
             output,
             service=service,
@@ -233,8 +247,20 @@ def run(
             broker=chosen,
             env_file=env_file,
             options=options,
+            health_port=worker_health_port(health_port),
         )
     )
+
+
+def worker_health_port(port: int | None) -> int | None:
+    """The port this process serves probes on: worker k of a supervisor's takes ``port + k - 1``."""
+    worker = os.environ.get(WORKER_ENV)
+    if not port or worker is None:
+        return port
+    mine = port + int(worker) - 1
+    if mine > 65535:  # noqa: PLR2004  # the highest TCP port
+        raise CliError(f"--health-port {port}: worker {worker} would need port {mine}", USAGE)
+    return mine
 
 
 def _supervise(

@@ -49,6 +49,7 @@ async def serve(
     broker: Broker | None,
     env_file: Path | None,
     options: Mapping[str, Any],
+    health_port: int | None = None,
 ) -> int:
     """Run ``app`` until a signal; return the exit status."""
     run = _Run()
@@ -64,6 +65,7 @@ async def serve(
                     broker=broker,
                     env_file=env_file,
                     options=options,
+                    health_port=health_port,
                 )
             finally:
                 watchers.cancel_scope.cancel()
@@ -79,12 +81,15 @@ async def _serve(
     broker: Broker | None,
     env_file: Path | None,
     options: Mapping[str, Any],
+    health_port: int | None,
 ) -> int:
     spinner = output.spinner("starting")
     watchers.start_soon(_show_progress, app, spinner.update, output.interactive)
     try:
         with run.stopping:
-            async with app.lifespan(broker=broker, env_file=env_file, options=options):
+            async with app.lifespan(
+                broker=broker, env_file=env_file, options=options, health_port=health_port
+            ):
                 spinner.stop()
                 run.ready = True
                 _started(app, output, broker)
@@ -123,6 +128,9 @@ def _started(app: App, output: Output, broker: Broker | None) -> None:
             f"embedded broker at kafka://{address}"
             f"?idempotent=false&session_timeout_ms={EMBEDDED_SESSION_TIMEOUT_MS}"
         )
+    if app.health_address is not None:
+        host, port = app.health_address
+        output.info(f"probes and metrics at http://{host}:{port}/ (/live, /ready, /metrics)")
     output.info("ready (Ctrl+C to stop)")
 
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -151,6 +152,25 @@ def test_run_passes_env_and_extra_options_to_hooks_then_stops_in_order(env_file:
     ]
     assert [line for line in lines if line in order] == order
     assert re.search(r"Model\s+\+\d\.\d{3}s\s+\d\.\d{3}s\s+ok", "\n".join(lines))
+
+
+def test_run_serves_probes_and_metrics_on_the_health_port() -> None:
+    """--health-port 0: the address is printed; /ready answers 200 while it runs."""
+    running = Running("run", SERVICE, "--health-port", "0")
+    found = running.wait_for(r"probes and metrics at http://([\d.]+):(\d+)/")
+    running.wait_for(r"^ready \(Ctrl\+C to stop\)")
+    try:
+        with urllib.request.urlopen(  # a loopback http:// URL of the test's own
+            f"http://127.0.0.1:{found.group(2)}/ready", timeout=WAIT
+        ) as answer:
+            assert answer.status == 200
+        with urllib.request.urlopen(  # same
+            f"http://127.0.0.1:{found.group(2)}/metrics", timeout=WAIT
+        ) as answer:
+            assert b"di_lifespan_" in answer.read()
+    finally:
+        status = running.finish(signal.SIGTERM)
+    assert status == 0, "\n".join(running.lines)
 
 
 def test_run_reads_dot_env_by_default_and_hooks_keep_their_defaults(tmp_path: Path) -> None:
