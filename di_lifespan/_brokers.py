@@ -49,6 +49,14 @@ def broker_from(broker: str | Broker | None) -> Broker:
 
 def _bootstrap_servers(where: str, url: str, netloc: str) -> str:
     """``host:port[,host:port...]`` from a kafka:// URL, each address checked."""
+    if "@" in netloc:
+        # Never passed on as part of an address (it would end up in logs): say where it goes.
+        raise ConfigurationError(
+            where,
+            "a kafka:// URL carries no credentials; give SASL or SSL settings to"
+            " KafkaBroker(..., security_protocol=..., sasl_mechanism=..., sasl_plain_username=...,"
+            " sasl_plain_password=...) instead (docs/kafka.md, security)",
+        )
     addresses = [address.strip() for address in netloc.split(",")]
     for address in addresses:
         host, _, port = address.rpartition(":")

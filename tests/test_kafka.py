@@ -43,6 +43,14 @@ def test_a_kafka_url_without_a_usable_address_is_refused(url: str, address: str)
     )
 
 
+def test_a_kafka_url_with_credentials_is_refused_without_echoing_them() -> None:
+    """kafka://user:secret@host is refused: the error points to SASL options, never shows it."""
+    with pytest.raises(ConfigurationError, match="carries no credentials") as raised:
+        App(broker="kafka://user:s3cret@kafka-1:9092")
+    assert "s3cret" not in str(raised.value)
+    assert "sasl_plain_password" in str(raised.value)
+
+
 def test_an_embedded_url_makes_a_broker_started_with_the_app() -> None:
     """embedded:// makes an EmbeddedKafkaBroker; nothing starts before the app does."""
     app = App(broker="embedded://")
