@@ -27,7 +27,7 @@ def test_every_public_error_derives_from_the_root() -> None:
     """Every exception class di_lifespan exports is a DiLifespanError."""
     exported = [getattr(di_lifespan, name) for name in di_lifespan.__all__]
     errors = [item for item in exported if isinstance(item, type) and issubclass(item, Exception)]
-    assert len(errors) == 16
+    assert len(errors) == 17
     assert all(issubclass(error, DiLifespanError) for error in errors)
 
 
