@@ -12,7 +12,7 @@ import functools
 import inspect
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 from urllib.parse import urlsplit
@@ -310,6 +310,10 @@ def _describe(target: str) -> tuple[Any, AppDescription]:
     return service, describe_app(plan_of(service))
 
 
+def _count(items: Sized, noun: str) -> str:
+    return f"{len(items)} {noun}{'s' * (len(items) != 1)}"
+
+
 @app.command()
 @_guarded
 def check(output: Output, target: Target, debug: Debug = False) -> int:
@@ -357,8 +361,9 @@ def check(output: Output, target: Target, debug: Debug = False) -> int:
             )
         console.print(hooks)
     console.print(
-        f"ok: {len(description.resources)} resources, {len(description.handlers)} handlers,"
-        f" {len(description.hooks)} hooks; broker {description.broker}"
+        f"ok: {_count(description.resources, 'resource')},"
+        f" {_count(description.handlers, 'handler')}, {_count(description.hooks, 'hook')};"
+        f" broker {description.broker}"
     )
     return 0
 

@@ -278,7 +278,7 @@ def test_check_lists_resources_handlers_and_hooks() -> None:
     assert ["bill", "orders", "orders.billing", "orders.invoices", "orders.dlq", "Cache"] in rows
     assert ["setup", "on_startup", "Settings", "--env, --region, --port"] in rows
     assert result.stdout.splitlines()[-1] == (
-        "ok: 5 resources, 1 handlers, 2 hooks; broker memory://"
+        "ok: 5 resources, 1 handler, 2 hooks; broker memory://"
     )
 
 
