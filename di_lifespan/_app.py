@@ -221,6 +221,11 @@ class App:
         return AppStatus.STOPPED if self._run is None else self._run.status
 
     @property
+    def settings(self) -> type[BaseModel] | None:
+        """The settings class given as ``settings=``, read at each start (None without one)."""
+        return self._settings
+
+    @property
     def state(self) -> State:
         """A namespace of your own on this app (``app.state.model = ...``), as in starlette.
 
@@ -284,6 +289,8 @@ class App:
         graceful_timeout: float | None = None,
         on_handler_error: Callable[[BaseException], None] | None = None,
         health_port: int | None = None,
+        env_file: str | Path | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> AsyncIterator[App]:
         """Run the app's whole lifespan around the ``async with`` block.
 
@@ -294,6 +301,9 @@ class App:
         ``graceful_timeout``, a ``health_port`` to serve the probes on (instead of the app's).
         With ``on_handler_error`` a handler's exception is handed to it instead of being
         retried and dead-lettered (what the test client does).
+        ``env_file`` is read into the settings class instead of the app's ``env_file``;
+        ``options`` fill the hooks' plain parameters by name (what ``di-lifespan run`` passes
+        its command-line options as), converted to their annotations.
 
         Raises StartupError when the app could not start (what had started is stopped again),
         and ShutdownError when steps of the shutdown failed. An exception of the block itself
@@ -306,6 +316,8 @@ class App:
             graceful_timeout=graceful_timeout,
             report_error=on_handler_error,
             health_port=health_port,
+            env_file=env_file,
+            options=options,
         )
         if self._run is not None:
             raise LifespanStateError("start the app", f"{self._state} already")
@@ -378,10 +390,18 @@ class App:
         graceful_timeout: float | None = None,
         report_error: Callable[[BaseException], None] | None = None,
         health_port: int | None = None,
+        env_file: str | Path | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> LifespanPlan:
         providers: list[BaseProvider] = [*self._providers]
+        if env_file is not None and self._settings is None:
+            raise ConfigurationError(
+                "App.lifespan(env_file=...)",
+                "an env file is read into a settings class, and the app has none",
+            )
         if self._settings is not None:
-            providers.append(settings_provider(self._settings, self.env_file))
+            env_file = self.env_file if env_file is None else Path(env_file)
+            providers.append(settings_provider(self._settings, env_file))
         all_context = {**self._context, **(context or {})}
         if all_context:
             providers.append(_context_provider(all_context))
@@ -394,7 +414,10 @@ class App:
             providers=providers,
             context=all_context,
             lifespan=self._lifespan,
-            hooks={stage: tuple(hooks) for stage, hooks in self._hooks.items()},
+            hooks={
+                stage: tuple(hook.with_options(options or {}) for hook in hooks)
+                for stage, hooks in self._hooks.items()
+            },
             handlers=tuple(self._router.all_handlers()),
             publishing=tuple(self._router.all_publishing()),
             broker=self.broker if broker is None else broker_from(broker),

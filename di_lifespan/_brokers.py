@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ._broker import Broker
@@ -15,8 +16,10 @@ __all__ = ["BROKER_ENV", "broker_from"]
 BROKER_ENV = "DI_LIFESPAN_BROKER"
 _KNOWN = (
     "memory:// (optionally memory://?partitions=N), kafka://host:9092[,host2:9092...]"
-    " and embedded://"
+    " (optionally ?idempotent=false&session_timeout_ms=N) and embedded://"
 )
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 def broker_from(broker: str | Broker | None) -> Broker:
@@ -39,7 +42,9 @@ def broker_from(broker: str | Broker | None) -> Broker:
             retention=RETENTION if retention is None else retention,
         )
     if parts.scheme == "kafka":
-        return KafkaBroker(_bootstrap_servers(where, broker, parts.netloc))
+        return KafkaBroker(
+            _bootstrap_servers(where, broker, parts.netloc), **_kafka_options(where, parts.query)
+        )
     if parts.scheme == "embedded":
         return EmbeddedKafkaBroker()
     raise ConfigurationError(
@@ -57,6 +62,32 @@ def _bootstrap_servers(where: str, url: str, netloc: str) -> str:
                 where, f"{url!r}: expected kafka://host:port[,host:port...], got {address!r}"
             )
     return ",".join(addresses)
+
+
+def _kafka_options(where: str, query: str) -> dict[str, Any]:
+    """KafkaBroker options a kafka:// URL may carry: ``idempotent`` and ``session_timeout_ms``.
+
+    So that a command line can reach a broker that cannot serve idempotence (the embedded
+    one) and tune how fast a consumer group forms.
+    """
+    options: dict[str, Any] = {}
+    for name, values in parse_qs(query, keep_blank_values=True).items():
+        value = values[-1].strip().lower()
+        if name == "idempotent" and value in _TRUE | _FALSE:
+            options[name] = value in _TRUE
+        elif name == "session_timeout_ms" and value.isdigit() and int(value) > 0:
+            options[name] = int(value)
+        elif name in ("idempotent", "session_timeout_ms"):
+            expected = "true or false" if name == "idempotent" else "a whole number > 0"
+            raise ConfigurationError(
+                where, f"kafka:// option {name}: expected {expected}, got {value!r}"
+            )
+        else:
+            raise ConfigurationError(
+                where,
+                f"unknown kafka:// option {name!r}; known: idempotent, session_timeout_ms",
+            )
+    return options
 
 
 def _whole(url: str, query: str, name: str) -> int | None:

@@ -2,18 +2,23 @@
 
 Hooks and handlers may also be ``functools.partial`` objects or objects with a ``__call__``
 method: their parameters are read through the function underneath.
+
+A hook's plain parameters with a default (not ``FromDishka[...]``) are its options: a run
+given options by name (``di-lifespan run ... --env .env.test``) passes each hook the ones its
+parameters name, converted to the parameter's annotation.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
 from dishka import AsyncContainer, DependencyKey
 from dishka.integrations.base import default_parse_dependency
+from pydantic import TypeAdapter, ValidationError
 
 from ._errors import ConfigurationError
 
@@ -23,6 +28,7 @@ __all__ = [
     "injected_parameters",
     "is_async_callable",
     "open_parameters",
+    "option_parameters",
 ]
 
 
@@ -86,24 +92,67 @@ def injected_parameters(func: Callable[..., Any], where: str) -> dict[str, Depen
     return injected
 
 
+def option_parameters(func: Callable[..., Any], where: str) -> dict[str, Any]:
+    """The plain parameters of ``func`` that have a default, by name, with their annotations.
+
+    These are what options given by name fill (``Any`` when a parameter has no annotation).
+    """
+    parameters, hints = open_parameters(func, where)
+    return {
+        name: hints.get(name, Any)
+        for name, parameter in parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+        and parameter.kind
+        not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.POSITIONAL_ONLY)
+        and default_parse_dependency(parameter, hints.get(name, parameter.annotation)) is None
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class Hook:
-    """One registered hook: the function, where it runs and what it asks to be injected."""
+    """One registered hook: the function, where it runs, what it asks to be injected.
+
+    ``options`` are its plain parameters with a default, which options given by name fill.
+    """
 
     func: Callable[..., Any]
     stage: str
     dependencies: dict[str, DependencyKey]
+    options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, func: Callable[..., Any], stage: str) -> Hook:
         if not callable(func):
             raise ConfigurationError(f"app.{stage}", f"expected a function, got {func!r}")
         where = f"{stage} hook {function_name(func)}"
-        return cls(func, stage, injected_parameters(func, where))
+        return cls(func, stage, injected_parameters(func, where), option_parameters(func, where))
 
     @property
     def name(self) -> str:
         return f"{self.stage} hook {function_name(self.func)}"
+
+    def with_options(self, values: Mapping[str, Any]) -> Hook:
+        """The hook with the ``values`` its option parameters name bound to them.
+
+        A value is converted to the parameter's annotation (``"8080"`` to an ``int``, say);
+        raises ConfigurationError naming the hook and the option when it does not convert.
+        """
+        given = {name: values[name] for name in self.options if name in values}
+        if not given:
+            return self
+        bound: dict[str, Any] = {}
+        for name, value in given.items():
+            hint = self.options[name]
+            try:
+                bound[name] = value if hint is Any else TypeAdapter(hint).validate_python(value)
+            except ValidationError as error:
+                problems = "; ".join(item["msg"] for item in error.errors(include_url=False))
+                raise ConfigurationError(
+                    self.name, f"option {name}={value!r}: {problems}"
+                ) from error
+        return Hook(
+            functools.partial(self.func, **bound), self.stage, self.dependencies, self.options
+        )
 
     async def call(self, container: AsyncContainer) -> None:
         arguments = {

@@ -230,4 +230,4 @@ def test_a_handler_timeout_that_is_not_a_positive_number_is_refused(bad: object)
     """handler_timeout must be a positive, finite number of seconds: the error names it."""
     app = App()
     with pytest.raises(ConfigurationError, match="handler_timeout"):
-        app.subscriber("jobs", handler_timeout=bad)
+        app.subscriber("jobs", handler_timeout=bad)  # type: ignore[arg-type]  # wrong on purpose

@@ -82,6 +82,7 @@ def test_dishka_names_are_dishkas_own() -> None:
         ),
         ("di_lifespan.testing", {"Override", "TestClient", "override"}),
         ("di_lifespan.fastapi", {"setup_dishka"}),
+        ("di_lifespan.cli", {"app", "main"}),
     ],
 )
 def test_the_public_submodules_export_exactly_their_names(module: str, names: set[str]) -> None:
