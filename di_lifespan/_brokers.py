@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 from ._broker import Broker
 from ._errors import ConfigurationError
 from ._kafka import EmbeddedKafkaBroker, KafkaBroker
-from ._memory import MemoryBroker
+from ._memory import RETENTION, MemoryBroker
 
 __all__ = ["BROKER_ENV", "broker_from"]
 
@@ -35,7 +35,12 @@ def broker_from(broker: str | Broker | None) -> Broker:
     where = "App(broker=...)" if broker != os.environ.get(BROKER_ENV) else BROKER_ENV
     parts = urlsplit(broker)
     if parts.scheme == "memory":
-        return MemoryBroker(partitions=_partitions(broker, parts.query))
+        partitions = _whole(broker, parts.query, "partitions")
+        retention = _whole(broker, parts.query, "retention")
+        return MemoryBroker(
+            partitions=1 if partitions is None else partitions,
+            retention=RETENTION if retention is None else retention,
+        )
     if parts.scheme == "kafka":
         return KafkaBroker(
             _bootstrap_servers(where, broker, parts.netloc), **_kafka_options(where, parts.query)
@@ -93,11 +98,14 @@ def _kafka_options(where: str, query: str) -> dict[str, Any]:
     return options
 
 
-def _partitions(url: str, query: str) -> int:
-    values = parse_qs(query).get("partitions", ["1"])
+def _whole(url: str, query: str, name: str) -> int | None:
+    """The whole number ``name=N`` in a memory:// URL's query, or None without one."""
+    values = parse_qs(query).get(name)
+    if not values:
+        return None
     try:
         return int(values[-1])
     except ValueError:
         raise ConfigurationError(
-            f"broker URL {url!r}", f"partitions must be a whole number, got {values[-1]!r}"
+            f"broker URL {url!r}", f"{name} must be a whole number, got {values[-1]!r}"
         ) from None

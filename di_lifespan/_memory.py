@@ -1,16 +1,24 @@
 """``memory://``: a broker inside the process, with topics, partitions, offsets and groups.
 
-It keeps every message for as long as the broker object lives, so an app stopped and started
-again on the same broker finds its group's committed offsets, and gets its uncommitted
-messages again. Groups behave as Kafka's do: a member joining or leaving starts a new
-generation, in which every member first gives up its partitions (its ``revoked`` is awaited),
-then the partitions are shared out again by ranges, as Kafka's range assignor does, and each
-member reads them from the group's committed offsets.
+It keeps every message for as long as the broker object lives, up to ``retention`` messages a
+partition, so an app stopped and started again on the same broker finds its group's committed
+offsets, and gets its uncommitted messages again. Groups behave as Kafka's do: a member joining
+or leaving starts a new generation, in which every member first gives up its partitions (its
+``revoked`` is awaited), then the partitions are shared out again by ranges, as Kafka's range
+assignor does, and each member reads them from the group's committed offsets.
+
+Retention works as Kafka's does: the oldest messages of a partition go once it holds more than
+``retention``, whether or not a group has read them (its log start offset moves up; offsets are
+never reused). A consumer whose position has fallen below the log start goes on from the log
+start, as a Kafka consumer with ``auto.offset.reset=earliest`` does, and a warning says how
+many messages it never read.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
+import sys
 import time
 from collections.abc import Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +34,9 @@ from ._message import HeaderPairs, Message
 
 __all__ = ["MemoryBroker"]
 
+logger = logging.getLogger("di_lifespan")
+
+RETENTION = 1_000_000  # messages a partition keeps by default: far more than any test sends
 KEY_CACHE = 65_536  # keys whose partition is remembered before the memo starts over
 MAX_MESSAGE_BYTES = 1_048_576  # Kafka's default max.message.bytes
 
@@ -38,6 +49,8 @@ _Record = tuple[bytes, bytes | None, tuple[tuple[str, bytes], ...] | None, int]
 @dataclass(slots=True)
 class _Topic:
     partitions: list[list[_Record]]
+    # The offset of each partition's first stored record: 0 until retention drops some.
+    starts: list[int]
     next_keyless: itertools.cycle[int]
 
 
@@ -47,6 +60,7 @@ class _Group:
 
     committed: dict[TopicPartition, int]
     from_end: bool
+    name: str = ""
     members: list[_MemoryConsumer] = field(default_factory=list)
     rebalancing: anyio.Lock | None = None
 
@@ -59,6 +73,14 @@ class MemoryBroker:
     default partitioner gives it (murmur2); one without a key to the next partition in turn.
     A message larger than ``max_message_bytes`` (value, key and headers) is refused, as Kafka
     refuses one above its ``max.message.bytes``: its Delivery raises SendRejectedError.
+
+    ``retention`` bounds how many messages a partition keeps (1,000,000 by default; ``None``
+    keeps every one): past it the oldest go, read or not, as Kafka's retention deletes old
+    segments. ``messages()`` returns what is kept, ``start_offsets()`` where each partition now
+    begins; end and committed offsets are unchanged by it. A consumer left below the log start
+    reads on from there (Kafka's ``auto.offset.reset=earliest``), with a warning naming what it
+    missed. The memory held stays bounded: a partition stores at most a quarter more than
+    ``retention`` before the surplus is dropped in one go.
     """
 
     url = "memory://"
@@ -69,9 +91,13 @@ class MemoryBroker:
         topic_partitions: Mapping[str, int] | None = None,
         *,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        retention: int | None = RETENTION,
     ) -> None:
         counts = [("partitions", partitions), *(topic_partitions or {}).items()]
-        for where, count in [*counts, ("max_message_bytes", max_message_bytes)]:
+        counts += [("max_message_bytes", max_message_bytes)]
+        if retention is not None:
+            counts += [("retention", retention)]
+        for where, count in counts:
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise ConfigurationError(
                     f"MemoryBroker({where})", f"expected a positive whole number, got {count!r}"
@@ -80,6 +106,10 @@ class MemoryBroker:
         self._topic_partitions = dict(topic_partitions or {})
         self.max_message_bytes = max_message_bytes
         self._quick_limit = max_message_bytes // 2  # a smaller value alone always fits
+        self.retention = retention
+        self._keep = sys.maxsize if retention is None else retention
+        # Dropping one record per send would move the whole list each time: drop in batches.
+        self._trim_above = sys.maxsize if retention is None else retention + max(1, retention // 4)
         self._topics: dict[str, _Topic] = {}
         self._groups: dict[str, _Group] = {}
         self._anonymous = itertools.count(1)
@@ -116,7 +146,12 @@ class MemoryBroker:
         log = self._topics.get(topic) or self._topic(topic)
         partition = next(log.next_keyless) if key is None else self._partition_of(key, log)
         stored = tuple(headers) if headers else None
-        log.partitions[partition].append((value, key, stored, time.time_ns() // 1_000_000))
+        records = log.partitions[partition]
+        records.append((value, key, stored, time.time_ns() // 1_000_000))
+        if len(records) > self._trim_above:
+            dropped = len(records) - self._keep
+            del records[:dropped]  # in place: consumers hold this list
+            log.starts[partition] += dropped
         for reader in self._readers.get(topic, ()):
             reader.wake()
         self._notify()
@@ -152,7 +187,7 @@ class MemoryBroker:
             self._topic(topic)  # a subscription makes its topics exist
         group = self._groups.get(name)
         if group is None:
-            group = self._groups[name] = _Group({}, from_end=subscription.group is None)
+            group = self._groups[name] = _Group({}, from_end=subscription.group is None, name=name)
         consumer = _MemoryConsumer(self, group, subscription.topics, assignment)
         for topic in subscription.topics:
             self._readers.setdefault(topic, []).append(consumer)
@@ -168,14 +203,29 @@ class MemoryBroker:
     # --- what tests and the test client read ---------------------------------------------
 
     def messages(self, topic: str) -> list[Message]:
-        """Every message stored in ``topic``, partition by partition, in offset order."""
+        """Every message ``topic`` keeps, partition by partition, in offset order."""
         log = self._topics.get(topic)
         if log is None:
             return []
         return [
-            _message(topic, partition, offset, record)
-            for partition, records in enumerate(log.partitions)
-            for offset, record in enumerate(records)
+            _message(topic, partition, start + index, records[index])
+            for partition, (start, records) in enumerate(
+                zip(log.starts, log.partitions, strict=True)
+            )
+            for index in range(max(0, len(records) - self._keep), len(records))
+        ]
+
+    def start_offsets(self, topic: str) -> list[int]:
+        """The offset of the oldest message each partition keeps (Kafka's log start offset).
+
+        0 until retention drops messages; the end offset when a partition keeps none.
+        """
+        log = self._topics.get(topic)
+        if log is None:
+            return [0] * self._topic_partitions.get(topic, self._default_partitions)
+        return [
+            start + max(0, len(records) - self._keep)
+            for start, records in zip(log.starts, log.partitions, strict=True)
         ]
 
     def end_offsets(self, topic: str) -> list[int]:
@@ -186,7 +236,9 @@ class MemoryBroker:
         log = self._topics.get(topic)
         if log is None:
             return [0] * self._topic_partitions.get(topic, self._default_partitions)
-        return [len(records) for records in log.partitions]
+        return [
+            start + len(records) for start, records in zip(log.starts, log.partitions, strict=True)
+        ]
 
     def committed(self, group: str, topic: str) -> list[int]:
         """The group's committed offsets on ``topic``, one per partition (creates nothing).
@@ -203,16 +255,16 @@ class MemoryBroker:
         return sum(self.pending_by_topic().values())
 
     def pending_by_topic(self) -> dict[str, int]:
-        """Per topic, how many stored messages some subscribed group has not committed yet."""
+        """Per topic, how many kept messages some subscribed group has not committed yet."""
         counts: dict[str, int] = {}
         for state in self._groups.values():
             if not state.members:
                 continue
             for topic in {topic for member in state.members for topic in member.topics}:
-                ends = self.end_offsets(topic)
+                ends, starts = self.end_offsets(topic), self.start_offsets(topic)
                 left = sum(
-                    end - state.committed.get((topic, partition), 0)
-                    for partition, end in enumerate(ends)
+                    end - max(start, state.committed.get((topic, partition), 0))
+                    for partition, (start, end) in enumerate(zip(starts, ends, strict=True))
                 )
                 if left:
                     counts[topic] = counts.get(topic, 0) + left
@@ -236,7 +288,7 @@ class MemoryBroker:
         if log is None:
             count = self._topic_partitions.get(topic, self._default_partitions)
             log = self._topics[topic] = _Topic(
-                [[] for _ in range(count)], itertools.cycle(range(count))
+                [[] for _ in range(count)], [0] * count, itertools.cycle(range(count))
             )
         return log
 
@@ -295,7 +347,7 @@ class MemoryBroker:
         if committed is not None:
             return committed
         topic, index = partition
-        start = len(self._topic(topic).partitions[index]) if group.from_end else 0
+        start = self.end_offsets(topic)[index] if group.from_end else 0
         if group.from_end:
             group.committed[partition] = start  # a group without a name starts at the end
         return start
@@ -308,19 +360,43 @@ class MemoryBroker:
         consumer.next_first = first + 1 if first + 1 < count else 0
         positions = consumer.positions
         for step in range(count):
-            topic, partition, records = readable[(first + step) % count]
-            start = positions[(topic, partition)]
+            topic, partition, records, starts = readable[(first + step) % count]
+            base = starts[partition]
+            start = positions[(topic, partition)] - base  # an index into the stored records
             if start >= len(records):
                 continue
+            if start < len(records) - self._keep:  # below the log start (start < 0 included)
+                start = self._reset(consumer, topic, partition, base + start, base)
             taken = records[start : start + max_records - len(batch)]
+            offset = base + start
             batch.extend(
-                _message(topic, partition, start + index, record)
+                _message(topic, partition, offset + index, record)
                 for index, record in enumerate(taken)
             )
-            positions[(topic, partition)] = start + len(taken)
+            positions[(topic, partition)] = offset + len(taken)
             if len(batch) >= max_records:
                 break
         return batch
+
+    def _reset(
+        self, consumer: _MemoryConsumer, topic: str, partition: int, position: int, base: int
+    ) -> int:
+        """A position below the log start: on from the log start, the skipped ones named."""
+        log_start = self.start_offsets(topic)[partition]
+        group = "(no group)" if consumer.group.from_end else consumer.group.name
+        logger.warning(
+            "memory:// group %s, %s[%d]: offset %d is below the log start %d (retention=%d"
+            " messages a partition): %d messages dropped unread; reading on from %d",
+            group,
+            topic,
+            partition,
+            position,
+            log_start,
+            self._keep,
+            log_start - position,
+            log_start,
+        )
+        return log_start - base
 
     def _commit(self, consumer: _MemoryConsumer, offsets: Mapping[TopicPartition, int]) -> None:
         committed = consumer.group.committed
@@ -346,8 +422,9 @@ class _MemoryConsumer:
         self._assignment = assignment
         self.positions: dict[TopicPartition, int] = {}
         self.paused: set[TopicPartition] = set()
-        # The assigned, unpaused partitions with their logs, as the fetch reads them.
-        self.readable: list[tuple[str, int, list[_Record]]] = []
+        # The assigned, unpaused partitions with their logs (and the logs' start offsets), as
+        # the fetch reads them.
+        self.readable: list[tuple[str, int, list[_Record], list[int]]] = []
         self.next_first = 0  # where the next fetch starts, so every partition gets its turn
         self._stopped = False
         self._closed = False
@@ -379,7 +456,7 @@ class _MemoryConsumer:
     def _refresh(self) -> None:
         topics = self._broker._topics  # noqa: SLF001  # the broker's own consumer
         self.readable = [
-            (topic, partition, topics[topic].partitions[partition])
+            (topic, partition, topics[topic].partitions[partition], topics[topic].starts)
             for topic, partition in self.positions
             if (topic, partition) not in self.paused
         ]
