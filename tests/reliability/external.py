@@ -57,7 +57,7 @@ HeaderList = list[tuple[str, str | bytes | None]]  # as librdkafka takes and giv
 def produce(
     bootstrap: str,
     topic: str,
-    records: Sequence[tuple[bytes | None, bytes]],
+    records: Sequence[tuple[bytes | None, bytes | None]],
     headers: Sequence[HeaderList | None] = (),
 ) -> list[Position]:
     """Send (key, value) records with librdkafka, keyed as Java and aiokafka place keys.
