@@ -147,8 +147,8 @@ async def test_a_three_second_broker_cut_makes_the_app_not_ready_and_loses_nothi
     figures = Figures("broker-cut", inputs=INPUTS)
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(read, proxy.upstream, sink, outputs)
-        async with app:
-            tasks.start_soon(probe, app, answers)
+        async with app, anyio.create_task_group() as probing:
+            probing.start_soon(probe, app, answers)  # stopped before the app stops serving
             feed_started = time.monotonic()
             tasks.start_soon(feed, proxy.upstream, source, acked)
             await anyio.sleep(CUT_AFTER)
@@ -161,8 +161,10 @@ async def test_a_three_second_broker_cut_makes_the_app_not_ready_and_loses_nothi
                 while len(outputs.ids) < INPUTS:  # noqa: ASYNC110  # the reader has no event
                     await anyio.sleep(0.05)
             assert app.status is AppStatus.RUNNING
-            while not answers or answers[-1][1] != 200:  # noqa: ASYNC110  # the prober's list
-                await anyio.sleep(0.05)
+            with anyio.fail_after(10):
+                while not answers or answers[-1][1] != 200:  # noqa: ASYNC110  # the prober's list
+                    await anyio.sleep(0.05)
+            probing.cancel_scope.cancel()
         tasks.cancel_scope.cancel()
 
     after_cut = [t for t in outputs.arrivals if t >= restored_at]
