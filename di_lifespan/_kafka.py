@@ -391,7 +391,8 @@ class _Batches:
         if key is not None:
             size += len(key)
         if headers:
-            size += sum(len(name) + len(value) for name, value in headers)
+            # a header read from Kafka may have a null value: the dead letter sends it back
+            size += sum(len(name) + len(value or b"") for name, value in headers)
         if size > self._batch_bytes:
             return partition, self._open.pop(where, None)
         batch = self._open.get(where)

@@ -1,4 +1,4 @@
-"""A Kafka service run with app.run() in a child process by test_kafka_integration.py.
+"""A Kafka service run with app.run() in a child process by tests/reliability/.
 
 Usage: python -m tests.apps.kafka_service BOOTSTRAP INPUT OUTPUT GROUP
 

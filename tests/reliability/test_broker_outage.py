@@ -1,15 +1,15 @@
-"""A service whose connection to the broker is cut for a few seconds goes on, losing nothing.
+"""A service whose connection to the broker is cut for a few seconds: not ready, then goes on.
 
 The app reaches an embedded broker only through a TCP proxy (tests/tcp_proxy.py) that the test
 cuts: every connection of the app's aiokafka clients is closed and new ones are refused for
 CUT_SECONDS, then allowed again. The test's own producer and reader are spared by the proxy, so
-inputs keep arriving while the app has lost the broker.
+inputs keep arriving while the app has lost the broker. The app's /ready probe is polled all
+along: 503 while cut, 200 again after.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import time
 import uuid
 from collections import Counter
@@ -24,9 +24,9 @@ from pydantic import BaseModel
 
 from di_lifespan import App, AppStatus
 from di_lifespan.kafka import EmbeddedKafka, KafkaBroker
+from tests.http_probe import get
+from tests.reliability.figures import Figures
 from tests.tcp_proxy import KafkaProxy
-
-logger = logging.getLogger(__name__)  # the figures: run with --log-cli-level=INFO
 
 FEEDER = "outage-feeder"  # the client.id of the test's own clients, which the proxy spares
 PARTITIONS = 3
@@ -112,17 +112,26 @@ async def feed(bootstrap: str, topic: str, acked: list[float]) -> None:
         await producer.stop()
 
 
+async def probe(app: App, answers: list[tuple[float, int]]) -> None:
+    """GET /ready every 0.1 s until cancelled; ``answers`` gets (time, status) of each."""
+    while True:
+        answers.append((time.monotonic(), (await get(app, "/ready")).status))
+        await anyio.sleep(0.1)
+
+
 @pytest.mark.timeout(40)
-async def test_a_three_second_broker_cut_loses_nothing_and_the_app_runs_on(
+async def test_a_three_second_broker_cut_makes_the_app_not_ready_and_loses_nothing(
     proxy: KafkaProxy,
 ) -> None:
-    """A 3 s cut of every connection mid-stream: every input still gets an output, no crash."""
+    """A 3 s cut mid-stream: /ready is 503, then 200; every input still gets an output."""
     name = f"outage-{uuid.uuid4().hex[:8]}"
     source, sink = f"{name}.in", f"{name}.out"
     await create_topics(proxy.upstream, source, sink, f"{source}.dlq")
     app = App(
         broker=KafkaBroker(proxy.address, idempotent=False, session_timeout_ms=6_000),
         graceful_timeout=5,
+        health_port=0,
+        health_host="127.0.0.1",
     )
     handled: Counter[int] = Counter()
 
@@ -134,9 +143,12 @@ async def test_a_three_second_broker_cut_loses_nothing_and_the_app_runs_on(
 
     outputs = Outputs()
     acked: list[float] = []
+    answers: list[tuple[float, int]] = []
+    figures = Figures("broker-cut", inputs=INPUTS)
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(read, proxy.upstream, sink, outputs)
-        async with app:
+        async with app, anyio.create_task_group() as probing:
+            probing.start_soon(probe, app, answers)  # stopped before the app stops serving
             feed_started = time.monotonic()
             tasks.start_soon(feed, proxy.upstream, source, acked)
             await anyio.sleep(CUT_AFTER)
@@ -148,27 +160,31 @@ async def test_a_three_second_broker_cut_loses_nothing_and_the_app_runs_on(
             with anyio.move_on_after(INPUTS / RATE - CUT_AFTER - CUT_SECONDS + SETTLE):
                 while len(outputs.ids) < INPUTS:  # noqa: ASYNC110  # the reader has no event
                     await anyio.sleep(0.05)
-            done_at = time.monotonic()
             assert app.status is AppStatus.RUNNING
+            with anyio.fail_after(10):
+                while not answers or answers[-1][1] != 200:  # noqa: ASYNC110  # the prober's list
+                    await anyio.sleep(0.05)
+            probing.cancel_scope.cancel()
         tasks.cancel_scope.cancel()
 
-    missing = sorted(set(range(INPUTS)) - outputs.ids.keys())
-    duplicates = sum(outputs.ids.values()) - len(outputs.ids)
     after_cut = [t for t in outputs.arrivals if t >= restored_at]
-    logger.info(
-        "cut %.1f s at %.1f s into the feed: %d connections severed, %d refused; %d of %d"
-        " inputs acknowledged during the cut; first output %.2f s after the restore; all"
-        " outputs %.1f s after the feed began; %d duplicate outputs, %d handler runs",
-        CUT_SECONDS,
-        cut_at - feed_started,
-        proxy.severed,
-        proxy.refused,
-        sum(cut_at <= t < restored_at for t in acked),
-        INPUTS,
-        (after_cut[0] - restored_at) if after_cut else float("nan"),
-        done_at - feed_started,
-        duplicates,
-        sum(handled.values()),
+    not_ready = [t for t, status in answers if status == 503]
+    figures.count(outputs.ids.elements())
+    figures.notes.update(
+        cut=f"{CUT_SECONDS:.1f}s_from_{cut_at - feed_started:.1f}s",
+        severed=proxy.severed,
+        refused=proxy.refused,
+        acked_during_cut=sum(cut_at <= t < restored_at for t in acked),
+        first_503_after_cut=f"{not_ready[0] - cut_at:.2f}s" if not_ready else None,
+        ready_again_after_restore=f"{not_ready[-1] + 0.1 - restored_at:.2f}s"
+        if not_ready
+        else None,
+        first_output_after_restore=f"{after_cut[0] - restored_at:.2f}s" if after_cut else None,
+        handler_runs=sum(handled.values()),
     )
+    figures.report()
     assert proxy.severed > 0
-    assert not missing, f"{len(missing)} inputs without an output, the first {missing[:10]}"
+    assert not_ready, "/ready never said 503 during the cut"
+    assert cut_at <= not_ready[0] < restored_at + 1.5, "the 503 came after the cut"
+    assert answers[-1][1] == 200
+    assert figures.lost == [], f"{len(figures.lost)} inputs without an output"
