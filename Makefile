@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/overload.py
 	$(BIN)/python benchmarks/kafka_throughput.py
+	$(BIN)/python benchmarks/soak.py
 
 check: test lint typecheck docs
 
