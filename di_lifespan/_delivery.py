@@ -59,8 +59,8 @@ __all__ = [
 
 logger = logging.getLogger("di_lifespan")
 
-# A send and the input it was caused by, and whether it is that input's dead letter.
-_Sent = tuple[Delivery, Message, bool]
+# A send and the input it was caused by; for that input's dead letter, the failure it carries.
+_Sent = tuple[Delivery, Message, Exception | None]
 
 # What each header of a dead letter says, by the name our code and users' code look it up with.
 DEAD_LETTER_HEADERS = MappingProxyType(
@@ -97,6 +97,7 @@ COMMIT_EVERY = 100
 COMMIT_INTERVAL = 1.0
 COMMIT_SPACING = 0.05
 MAX_ERROR_HEADER = 4096  # bytes of x-error: a dead letter must stay as sendable as its input
+COMPACT_ERROR_HEADER = 256  # bytes of x-error in the second try of a dead letter refused
 ErrorReport = Callable[[BaseException], None]
 
 
@@ -369,7 +370,7 @@ class SubscriberLoop:
 
     def add_delivery(self, delivery: Delivery, message: Message) -> None:
         """Count ``delivery`` among what ``message`` caused: awaited before it is committed."""
-        self._deliveries.append((delivery, message, False))
+        self._deliveries.append((delivery, message, None))
 
     def _raise_failure(self) -> None:
         if self._failure is not None:
@@ -602,8 +603,8 @@ class SubscriberLoop:
             answer = answers[key]
             if answer is None:
                 continue
-            if dead_letter:
-                self._dead_letter_refused(message, answer)
+            if dead_letter is not None:
+                await self._dead_letter_again(message, dead_letter, answer)
             else:
                 refused.setdefault(id(message), (message, answer))
         for message, error in refused.values():
@@ -616,7 +617,7 @@ class SubscriberLoop:
                 if dead is not None:
                     await dead
             except SendRejectedError as refusal:
-                self._dead_letter_refused(message, refusal)
+                await self._dead_letter_again(message, error, refusal)
 
     def _dead_letter_refused(self, message: Message, error: SendRejectedError) -> None:
         """Never a crash loop on one message: it is dropped, and the log line says so."""
@@ -639,7 +640,7 @@ class SubscriberLoop:
         for topic in self._publish_to:
             delivery = await self._broker.send(topic, value, key=key, headers=headers)
             if delivery is not None:
-                self._deliveries.append((delivery, message, False))
+                self._deliveries.append((delivery, message, None))
 
     async def _retry_from(self, message: Message, first_error: Exception) -> None:
         retry = self._retry
@@ -702,13 +703,39 @@ class SubscriberLoop:
         try:
             delivery = await self._send_dead_letter(message, error, reason=reason)
         except SendRejectedError as refusal:  # refused at once, as too large: never a crash loop
-            self._dead_letter_refused(message, refusal)
+            await self._dead_letter_again(message, error, refusal)
             return
         if delivery is not None:
-            self._deliveries.append((delivery, message, True))
+            self._deliveries.append((delivery, message, error))
+
+    async def _dead_letter_again(
+        self, message: Message, error: Exception, refusal: SendRejectedError
+    ) -> None:
+        """A dead letter refused: once more with x-error cut short, else dropped, logged.
+
+        The input fitted; the headers we add are what can push its dead letter over the
+        broker's size limit, and x-error is the one that can be long.
+        """
+        logger.warning(
+            "handler %s: %s: its dead letter was refused (%s); sending it again with x-error"
+            " cut to %d bytes",
+            self.name,
+            message.coordinates,
+            describe(refusal),
+            COMPACT_ERROR_HEADER,
+            extra=log_fields(self.name, message),
+        )
+        try:
+            delivery = await self._send_dead_letter(
+                message, error, reason=f"failed: {describe(error)}", compact=True
+            )
+            if delivery is not None:
+                await delivery
+        except SendRejectedError as again:
+            self._dead_letter_refused(message, again)
 
     async def _send_dead_letter(
-        self, message: Message, error: Exception, *, reason: str
+        self, message: Message, error: Exception, *, reason: str, compact: bool = False
     ) -> Delivery | None:
         attempts = message.attempt
         topic = self._dead_letter_topic(message)
@@ -726,7 +753,8 @@ class SubscriberLoop:
                 extra=log_fields(self.name, message),
             )
             return None
-        ours = _dead_letter_headers(message, error, attempts)
+        error_bytes = COMPACT_ERROR_HEADER if compact else MAX_ERROR_HEADER
+        ours = _dead_letter_headers(message, error, attempts, error_bytes)
         headers = [(name, data) for name, data in message.header_list if name not in ours]
         headers.extend(ours.items())
         delivery = await self._broker.send(topic, message.value, key=message.key, headers=headers)
@@ -788,12 +816,14 @@ def log_fields(handler: str, message: Message) -> dict[str, Any]:
     }
 
 
-def _dead_letter_headers(message: Message, error: Exception, attempts: int) -> dict[str, bytes]:
+def _dead_letter_headers(
+    message: Message, error: Exception, attempts: int, error_bytes: int = MAX_ERROR_HEADER
+) -> dict[str, bytes]:
     cause = error.__cause__ if isinstance(error, InvalidBodyError) and error.__cause__ else error
     text = error.reason if isinstance(error, InvalidBodyError) else str(error)
     return {
         DEAD_LETTER_HEADERS["error_type"]: type(cause).__name__.encode(),
-        DEAD_LETTER_HEADERS["error"]: _truncated(text, MAX_ERROR_HEADER),
+        DEAD_LETTER_HEADERS["error"]: _truncated(text, error_bytes),
         DEAD_LETTER_HEADERS["topic"]: message.topic.encode(),
         DEAD_LETTER_HEADERS["partition"]: str(message.partition).encode(),
         DEAD_LETTER_HEADERS["offset"]: str(message.offset).encode(),

@@ -203,12 +203,13 @@ async def test_results_of_mixed_sizes_keep_their_order_within_a_partition(
     assert seen == list(range(20))
 
 
-async def test_a_dead_letter_the_broker_refuses_drops_the_message_and_goes_on(
+async def test_a_dead_letter_too_large_goes_again_with_its_error_header_cut_short(
     unstarted_broker: Broker, topic: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """An input near the size limit whose dead letter is too large: dropped, logged, go on."""
+    """An input near the size limit whose dead letter is too large: sent again, x-error cut."""
     app = App(broker=unstarted_broker)
     handled: list[int] = []
+    dead: list[Message] = []
     done = anyio.Event()
 
     @app.subscriber(topic, group="near-limit", retry=None)
@@ -216,11 +217,45 @@ async def test_a_dead_letter_the_broker_refuses_drops_the_message_and_goes_on(
         if len(body) > 1_000:
             raise ValueError("e" * 10_000)  # x-error (4 KiB) pushes the dead letter over
         handled.append(message.offset)
+
+    @app.subscriber(f"{topic}.dlq", group="near-limit-dlq")
+    async def inspect(message: Message) -> None:
+        dead.append(message)
         done.set()
 
     with anyio.fail_after(60):
         async with app:
-            await app.publish(topic, b"b" * (1_048_576 - 500), key="same")
+            await app.publish(topic, b"b" * (1_048_576 - 800), key="same")
+            await app.publish(topic, b"next", key="same")
+            await done.wait()
+            while not handled:
+                await anyio.sleep(0.01)
+    assert handled == [1]
+    (letter,) = dead
+    assert len(letter.value) == 1_048_576 - 800
+    assert len(letter.headers["x-error"]) <= 256
+    assert letter.header("x-error-type") == "ValueError"
+    assert "sending it again with x-error cut to 256 bytes" in caplog.text
+
+
+async def test_a_dead_letter_that_cannot_fit_drops_the_message_and_goes_on(
+    unstarted_broker: Broker, topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An input at the size limit: its dead letter cannot fit even cut short; dropped, go on."""
+    app = App(broker=unstarted_broker)
+    handled: list[int] = []
+    done = anyio.Event()
+
+    @app.subscriber(topic, group="at-limit", retry=None)
+    async def fail_big(body: bytes, message: Message) -> None:
+        if len(body) > 1_000:
+            raise ValueError("e" * 10_000)  # even cut to 256 bytes, x-error does not fit
+        handled.append(message.offset)
+        done.set()
+
+    with anyio.fail_after(60):
+        async with app:
+            await app.publish(topic, b"b" * (1_048_576 - 200), key="same")
             await app.publish(topic, b"next", key="same")
             await done.wait()
     assert handled == [1]
