@@ -210,26 +210,26 @@ async def test_a_dead_letter_too_large_goes_again_with_its_error_header_cut_shor
     app = App(broker=unstarted_broker)
     handled: list[int] = []
     dead: list[Message] = []
-    done = anyio.Event()
+    next_handled, dead_letter_seen = anyio.Event(), anyio.Event()
 
     @app.subscriber(topic, group="near-limit", retry=None)
     async def fail_big(body: bytes, message: Message) -> None:
         if len(body) > 1_000:
             raise ValueError("e" * 10_000)  # x-error (4 KiB) pushes the dead letter over
         handled.append(message.offset)
+        next_handled.set()
 
     @app.subscriber(f"{topic}.dlq", group="near-limit-dlq")
     async def inspect(message: Message) -> None:
         dead.append(message)
-        done.set()
+        dead_letter_seen.set()
 
     with anyio.fail_after(60):
         async with app:
             await app.publish(topic, b"b" * (1_048_576 - 800), key="same")
             await app.publish(topic, b"next", key="same")
-            await done.wait()
-            while not handled:
-                await anyio.sleep(0.01)
+            await dead_letter_seen.wait()
+            await next_handled.wait()
     assert handled == [1]
     (letter,) = dead
     assert len(letter.value) == 1_048_576 - 800
