@@ -15,7 +15,7 @@ __all__ = ["BROKER_ENV", "broker_from"]
 
 BROKER_ENV = "DI_LIFESPAN_BROKER"
 _KNOWN = (
-    "memory:// (optionally memory://?partitions=N), kafka://host:9092[,host2:9092...]"
+    "memory:// (optionally ?partitions=N&retention=N), kafka://host:9092[,host2:9092...]"
     " (optionally ?idempotent=false&session_timeout_ms=N) and embedded://"
 )
 _TRUE = frozenset({"1", "true", "yes", "on"})
