@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection, Generator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -212,6 +213,19 @@ class LateAcks(RecordingBroker):
 
     def release(self, caused: Caused) -> None:
         caused.released.set()
+
+    @contextmanager
+    def released_at_exit(self) -> Iterator[None]:
+        """Release whatever is still held when the block ends, however it ends.
+
+        Wrap a test's body inside ``async with app:``: a test that fails while acks are held
+        must not leave the app's shutdown waiting for them forever.
+        """
+        try:
+            yield
+        finally:
+            for caused in self.unacknowledged():
+                self.release(caused)
 
 
 class _HeldAck:

@@ -173,17 +173,18 @@ async def run_with_late_acks(stream: Stream, choose: Random) -> LateAcks:
     app = acknowledging_app(stream, broker)
     with anyio.fail_after(20):
         async with app:
-            for number, key in enumerate(stream.keys):
-                await app.publish(TOPIC, number, key=f"key-{key}")
-            while True:
-                for _ in range(choose.randint(0, 3)):  # let the app run a little, or not
-                    await anyio.lowlevel.checkpoint()
-                if broker.committed_count(TOPIC) == len(stream.keys):
-                    break
-                if waiting := broker.unacknowledged():
-                    broker.release(choose.choice(waiting))
-                else:  # the app works on: the next send it makes or commit wakes us
-                    await broker.wait_for_change()
+            with broker.released_at_exit():
+                for number, key in enumerate(stream.keys):
+                    await app.publish(TOPIC, number, key=f"key-{key}")
+                while True:
+                    for _ in range(choose.randint(0, 3)):  # let the app run a little, or not
+                        await anyio.lowlevel.checkpoint()
+                    if broker.committed_count(TOPIC) == len(stream.keys):
+                        break
+                    if waiting := broker.unacknowledged():
+                        broker.release(choose.choice(waiting))
+                    else:  # the app works on: the next send it makes or commit wakes us
+                        await broker.wait_for_change()
     return broker
 
 

@@ -61,17 +61,18 @@ async def test_an_input_is_committed_only_after_every_message_it_caused_is_ackno
     app = causing_app(broker, topic, max_concurrency)
     with anyio.fail_after(30):
         async with app:
-            await publish_inputs(app, topic)
-            while True:
-                for _ in range(10):  # let the app run until it waits (on asyncio, at least)
-                    await anyio.lowlevel.checkpoint()
-                if broker.committed_count(topic) == INPUTS:
-                    break
-                if waiting := broker.unacknowledged():
-                    assert broker.committed_count(topic) < INPUTS
-                    broker.release(waiting[-1])
-                else:  # the app works on: the next send it makes or commit wakes us
-                    await broker.wait_for_change()
+            with broker.released_at_exit():
+                await publish_inputs(app, topic)
+                while True:
+                    for _ in range(10):  # let the app run until it waits (on asyncio, at least)
+                        await anyio.lowlevel.checkpoint()
+                    if broker.committed_count(topic) == INPUTS:
+                        break
+                    if waiting := broker.unacknowledged():
+                        assert broker.committed_count(topic) < INPUTS
+                        broker.release(waiting[-1])
+                    else:  # the app works on: the next send it makes or commit wakes us
+                        await broker.wait_for_change()
     assert broker.violations == []
     assert len(broker.caused) == 2 * INPUTS
     assert all(caused.acknowledged for caused in broker.caused)
@@ -86,16 +87,17 @@ async def test_nothing_is_committed_while_an_acknowledgement_is_outstanding(
     app = causing_app(broker, topic, max_concurrency)
     with anyio.fail_after(30):
         async with app:
-            await app.publish(topic, 0, key="only")
-            while len(broker.caused) < 2:
-                await broker.wait_for_change()
-            first, second = broker.caused
-            broker.release(second)
-            await anyio.wait_all_tasks_blocked()
-            assert broker.committed_count(topic) == 0
-            broker.release(first)
-            while broker.committed_count(topic) < 1:
-                await broker.wait_for_change()
+            with broker.released_at_exit():
+                await app.publish(topic, 0, key="only")
+                while len(broker.caused) < 2:
+                    await broker.wait_for_change()
+                first, second = broker.caused
+                broker.release(second)
+                await anyio.wait_all_tasks_blocked()
+                assert broker.committed_count(topic) == 0
+                broker.release(first)
+                while broker.committed_count(topic) < 1:
+                    await broker.wait_for_change()
     assert broker.violations == []
 
 
