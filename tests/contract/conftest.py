@@ -46,14 +46,21 @@ async def broker(unstarted_broker: Broker) -> AsyncIterator[Broker]:
 async def topic(transport_kind: str, request: pytest.FixtureRequest) -> str:
     """A topic name no other test uses, so that tests can share one real broker.
 
-    On Kafka it is created with three partitions, as the memory broker gives each topic.
+    On Kafka it is created with three partitions, as the memory broker gives each topic, and so
+    are the topics the tests derive from it (results, side messages, dead letters): created
+    on first use instead, Tansu now and then held produce requests to them for half a minute.
     """
     name = f"contract-{uuid.uuid4().hex[:12]}"
     if transport_kind == "kafka":
         admin = AIOKafkaAdminClient(bootstrap_servers=request.getfixturevalue("kafka_bootstrap"))
         await admin.start()
         try:
-            await admin.create_topics([NewTopic(name, PARTITIONS, replication_factor=1)])
+            await admin.create_topics(
+                [
+                    NewTopic(f"{name}{suffix}", PARTITIONS, replication_factor=1)
+                    for suffix in ("", ".out", ".side", ".dlq")
+                ]
+            )
         finally:
             await admin.close()
     return name
