@@ -124,6 +124,7 @@ class KafkaBroker:
         self.bootstrap_servers = bootstrap_servers
         self.url = url or f"kafka://{bootstrap_servers}"
         self._options = dict(client_options or {})
+        self._batch_bytes = int(self._options.get("max_batch_size", BATCH_BYTES))
         self._idempotent = idempotent
         self._session_timeout_ms = session_timeout_ms
         self._connect_timeout = connect_timeout
@@ -143,8 +144,7 @@ class KafkaBroker:
         async for attempt in retrying:
             with attempt:
                 self._producer = await self._connect_producer()
-        batch_bytes = int(self._options.get("max_batch_size", BATCH_BYTES))
-        self._batches = _Batches(self._producer, self.url, self._request_timeout, batch_bytes)
+        self._batches = _Batches(self._producer, self.url, self._request_timeout, self._batch_bytes)
         if self._create_topics:
             await self._create_missing_topics()
 
@@ -172,7 +172,7 @@ class KafkaBroker:
             bootstrap_servers=self.bootstrap_servers,
             acks="all",
             enable_idempotence=self._idempotent,
-            **{"max_batch_size": BATCH_BYTES, **self._options},
+            **{**self._options, "max_batch_size": self._batch_bytes},
         )
         try:
             await producer.start()
