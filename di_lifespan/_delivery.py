@@ -76,7 +76,6 @@ DEAD_LETTER_HEADERS = MappingProxyType(
 # Messages a fetch returns at most. Fetches, commits and produce requests cost about the same
 # whatever their size: fewer, larger ones took Kafka throughput from 18,000 to 35,000 msg/s.
 MAX_RECORDS = 2000
-# A partition with this many messages queued is paused until it is down to a tenth. Large:
 # A subscriber's queues hold about QUEUED_MESSAGES in all, shared among its partitions, at
 # least PARTITION_QUEUE_MIN each: a partition whose queue is full is paused until it is down to
 # a tenth. The more each holds the better: aiokafka drops what it had fetched ahead for a
@@ -186,7 +185,7 @@ class SubscriberLoop:
       ``TURN`` messages when other partitions are waiting;
     - the committer waits for the acknowledgement of everything the handled messages caused,
       then commits their offsets, every ``COMMIT_EVERY`` messages or ``COMMIT_INTERVAL``
-      seconds, and whenever the queues run dry.
+      seconds, and whenever the queues run dry; commits are ``COMMIT_SPACING`` apart at least.
 
     It is the consumer's ``Assignment``: before partitions are revoked it drops their queued
     messages, lets the message in hand finish (within ``graceful_timeout``) and commits
@@ -549,14 +548,13 @@ class SubscriberLoop:
             if self._report_error is not None:
                 self._report_error(failure.__cause__ or failure)
             else:
-                reason = f"has an invalid body: {failure.reason}"
-                await self._give_up(message, failure, reason=reason)
+                await self._give_up(message, failure)
         elif isinstance(failure, EncodingError):
             # not retried: another attempt would re-run the handler's side effects and fail alike
             if self._report_error is not None:
                 self._report_error(failure)
             else:
-                await self._give_up(message, failure, reason=f"failed: {describe(failure)}")
+                await self._give_up(message, failure)
         else:
             await self._failed(message, failure)
 
@@ -566,7 +564,7 @@ class SubscriberLoop:
         elif self._retry is not None and self._retry.attempts > 1:
             await self._retry_from(message, error)
         else:
-            await self._give_up(message, error, reason=f"failed: {describe(error)}")
+            await self._give_up(message, error)
 
     async def settle(self, partitions: Collection[TopicPartition] | None = None) -> None:
         """Wait for the acknowledgement of everything sent so far, then commit what is done.
@@ -603,21 +601,20 @@ class SubscriberLoop:
             answer = answers[key]
             if answer is None:
                 continue
-            if dead_letter is not None:
-                await self._dead_letter_again(message, dead_letter, answer)
+            if dead_letter is not None:  # its "sent to" line is logged already
+                await self._dead_letter_again(message, dead_letter, answer, logged=True)
             else:
                 refused.setdefault(id(message), (message, answer))
         for message, error in refused.values():
             if self._report_error is not None:
                 self._report_error(error)
                 continue
-            reason = f"failed: {describe(error)}"
             try:
-                dead = await self._send_dead_letter(message, error, reason=reason)
+                dead = await self._send_dead_letter(message, error)
                 if dead is not None:
                     await dead
             except SendRejectedError as refusal:
-                await self._dead_letter_again(message, error, refusal)
+                await self._dead_letter_again(message, error, refusal, logged=False)
 
     def _dead_letter_refused(self, message: Message, error: SendRejectedError) -> None:
         """Never a crash loop on one message: it is dropped, and the log line says so."""
@@ -640,7 +637,7 @@ class SubscriberLoop:
         for topic in self._publish_to:
             delivery = await self._broker.send(topic, value, key=key, headers=headers)
             if delivery is not None:
-                self._deliveries.append((delivery, message, None))
+                self.add_delivery(delivery, message)
 
     async def _retry_from(self, message: Message, first_error: Exception) -> None:
         retry = self._retry
@@ -665,7 +662,7 @@ class SubscriberLoop:
         except _Interrupted:
             raise
         except Exception as error:  # noqa: BLE001  # retries are spent: dead-letter it
-            await self._give_up(message, error, reason=f"failed: {describe(error)}")
+            await self._give_up(message, error)
 
     async def _attempt_guarded(self, message: Message) -> None:
         """One more attempt, where a stray cancellation counts as the handler's failure."""
@@ -698,23 +695,25 @@ class SubscriberLoop:
             extra=log_fields(self.name, message),
         )
 
-    async def _give_up(self, message: Message, error: Exception, *, reason: str) -> None:
+    async def _give_up(self, message: Message, error: Exception) -> None:
         """Dead-letter the message (or drop it, with dead_letter=None), logged; not awaited."""
         try:
-            delivery = await self._send_dead_letter(message, error, reason=reason)
+            delivery = await self._send_dead_letter(message, error)
         except SendRejectedError as refusal:  # refused at once, as too large: never a crash loop
-            await self._dead_letter_again(message, error, refusal)
+            await self._dead_letter_again(message, error, refusal, logged=False)
             return
         if delivery is not None:
             self._deliveries.append((delivery, message, error))
 
     async def _dead_letter_again(
-        self, message: Message, error: Exception, refusal: SendRejectedError
+        self, message: Message, error: Exception, refusal: SendRejectedError, *, logged: bool
     ) -> None:
         """A dead letter refused: once more with x-error cut short, else dropped, logged.
 
         The input fitted; the headers we add are what can push its dead letter over the
-        broker's size limit, and x-error is the one that can be long.
+        broker's size limit, and x-error is the one that can be long. ``logged``: the failure's
+        ERROR line was written with the first try (refused when acknowledged, not when sent),
+        and is not written twice.
         """
         logger.warning(
             "handler %s: %s: its dead letter was refused (%s); sending it again with x-error"
@@ -726,20 +725,20 @@ class SubscriberLoop:
             extra=log_fields(self.name, message),
         )
         try:
-            delivery = await self._send_dead_letter(
-                message, error, reason=f"failed: {describe(error)}", compact=True
-            )
+            delivery = await self._send_dead_letter(message, error, compact=True, log=not logged)
             if delivery is not None:
                 await delivery
         except SendRejectedError as again:
             self._dead_letter_refused(message, again)
 
     async def _send_dead_letter(
-        self, message: Message, error: Exception, *, reason: str, compact: bool = False
+        self, message: Message, error: Exception, *, compact: bool = False, log: bool = True
     ) -> Delivery | None:
         attempts = message.attempt
+        reason = _reason(error)
         topic = self._dead_letter_topic(message)
-        self._observer.gave_up(message.topic, topic)
+        if not compact:  # a second try is no second failure
+            self._observer.gave_up(message.topic, topic)
         # One line per failure; the handler's traceback when debug logging is on.
         traceback = None if isinstance(error, InvalidBodyError) else debug_traceback(error)
         if topic is None:
@@ -758,22 +757,30 @@ class SubscriberLoop:
         headers = [(name, data) for name, data in message.header_list if name not in ours]
         headers.extend(ours.items())
         delivery = await self._broker.send(topic, message.value, key=message.key, headers=headers)
-        logger.error(
-            "handler %s: %s %s; sent to %s after %d attempt(s)",
-            self.name,
-            message.coordinates,
-            reason,
-            topic,
-            attempts,
-            exc_info=traceback,
-            extra=log_fields(self.name, message),
-        )
+        if log:
+            logger.error(
+                "handler %s: %s %s; sent to %s after %d attempt(s)",
+                self.name,
+                message.coordinates,
+                reason,
+                topic,
+                attempts,
+                exc_info=traceback,
+                extra=log_fields(self.name, message),
+            )
         return delivery
 
     def _dead_letter_topic(self, message: Message) -> str | None:
         if self._dead_letter is None:
             return None
         return self._dead_letter.replace("{topic}", message.topic)
+
+
+def _reason(error: Exception) -> str:
+    """What went wrong with a message, as its log line says it."""
+    if isinstance(error, InvalidBodyError):
+        return f"has an invalid body: {error.reason}"
+    return f"failed: {describe(error)}"
 
 
 async def _refusal_of(delivery: Delivery) -> SendRejectedError | None:

@@ -9,7 +9,7 @@ import anyio
 from prometheus_client import Counter
 from prometheus_client.parser import text_string_to_metric_families
 
-from di_lifespan import App, Provider, Retry, Scope, provide
+from di_lifespan import App, MemoryBroker, Provider, Retry, Scope, provide
 from di_lifespan._metrics import NO_METRICS, NO_OBSERVER
 from di_lifespan.kafka import KafkaBroker
 from tests.http_probe import get
@@ -107,6 +107,26 @@ async def test_a_message_dropped_without_a_dead_letter_topic_is_counted_as_dropp
         samples = await wait_for(app, "di_lifespan_messages_dropped_total", 1, **labels)
         assert value(samples, "di_lifespan_messages_failed_total", **labels) == 1
         assert value(samples, "di_lifespan_messages_dead_lettered_total", **labels) == 0
+
+
+async def test_a_dead_letter_sent_again_cut_short_counts_once() -> None:
+    """A dead letter refused as too large and sent again with x-error cut short: one count."""
+    broker = MemoryBroker(max_message_bytes=2_000)
+    app = App(broker=broker, health_port=0, health_host=LOCAL)
+
+    @app.subscriber("jobs", group="g", retry=None)
+    async def run_job(job: bytes) -> None:
+        raise RuntimeError("e" * 5_000)  # x-error of 4 KiB: the first dead letter is too large
+
+    async with app:
+        await app.publish("jobs", b"j" * 1_000)
+        with anyio.fail_after(10):
+            while not broker.messages("jobs.dlq"):
+                await broker.wait_for_change()
+        labels = {"topic": "jobs", "handler": run_job.__qualname__}
+        samples = await scrape(app)
+        assert value(samples, "di_lifespan_messages_dead_lettered_total", **labels) == 1
+        assert value(samples, "di_lifespan_messages_failed_total", **labels) == 1
 
 
 async def test_in_flight_and_lag_while_a_handler_is_busy() -> None:

@@ -238,6 +238,9 @@ async def test_a_dead_letter_too_large_goes_again_with_its_error_header_cut_shor
     assert len(letter.headers["x-error"]) <= 256
     assert letter.header("x-error-type") == "ValueError"
     assert "sending it again with x-error cut to 256 bytes" in caplog.text
+    # one failure, one ERROR line, whether the first try was refused when sent or when acked
+    sent_lines = [r for r in caplog.records if "; sent to " in r.getMessage()]
+    assert [r.levelname for r in sent_lines] == ["ERROR"]
 
 
 async def test_a_dead_letter_that_cannot_fit_drops_the_message_and_goes_on(
