@@ -94,7 +94,8 @@ class KafkaBroker:
     """A Kafka-protocol broker at ``bootstrap_servers`` (``"host:9092,host2:9092"``).
 
     ``client_options`` go to both aiokafka clients as they are (``security_protocol``,
-    ``sasl_mechanism``, ``ssl_context``, ``client_id``...). ``idempotent`` turns the
+    ``sasl_mechanism``, ``ssl_context``, ``client_id``...), but for ``max_batch_size`` (256 KiB
+    by default), which goes to the producer alone. ``idempotent`` turns the
     producer's idempotence on (the default; the embedded broker cannot serve it). A broker
     that does not answer at startup is tried again, with backoff, for ``connect_timeout``
     seconds (each attempt logged) before the start fails.
@@ -124,7 +125,8 @@ class KafkaBroker:
         self.bootstrap_servers = bootstrap_servers
         self.url = url or f"kafka://{bootstrap_servers}"
         self._options = dict(client_options or {})
-        self._batch_bytes = int(self._options.get("max_batch_size", BATCH_BYTES))
+        # The producer's alone: the consumer and the admin client take no such option.
+        self._batch_bytes = int(self._options.pop("max_batch_size", BATCH_BYTES))
         self._idempotent = idempotent
         self._session_timeout_ms = session_timeout_ms
         self._connect_timeout = connect_timeout
@@ -172,7 +174,8 @@ class KafkaBroker:
             bootstrap_servers=self.bootstrap_servers,
             acks="all",
             enable_idempotence=self._idempotent,
-            **{**self._options, "max_batch_size": self._batch_bytes},
+            max_batch_size=self._batch_bytes,
+            **self._options,
         )
         try:
             await producer.start()

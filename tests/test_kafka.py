@@ -85,6 +85,37 @@ async def test_a_whole_run_on_the_embedded_broker_handles_publishes_and_commits(
     assert report.broker == "embedded://"
 
 
+async def test_max_batch_size_reaches_the_producer_alone(kafka_bootstrap: str) -> None:
+    """max_batch_size (a producer option) sizes the batches; the consumer never gets it."""
+    topic = f"small-batches-{uuid.uuid4().hex[:10]}"
+    broker = KafkaBroker(
+        kafka_bootstrap,
+        idempotent=False,
+        session_timeout_ms=2_000,
+        create_topics={topic: 1, f"{topic}.out": 1},
+        client_options={"max_batch_size": 2_048},
+    )
+    app = App(broker=broker, graceful_timeout=5)
+    seen: list[int] = []
+    done = anyio.Event()
+
+    @app.subscriber(topic, group="small")
+    @app.publisher(f"{topic}.out")
+    async def relay(number: int) -> bytes:
+        seen.append(number)
+        if len(seen) == 30:
+            done.set()
+        return b"y" * 500  # four fill a batch
+
+    with anyio.fail_after(30):
+        async with app:
+            for number in range(30):
+                await app.publish(topic, number, key="one")
+            await done.wait()
+    assert seen == list(range(30))
+    assert len(await read_values(kafka_bootstrap, f"{topic}.out", 30)) == 30
+
+
 async def test_an_unreachable_broker_fails_the_start_naming_it_after_its_retries(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -158,7 +189,12 @@ async def test_concurrent_senders_filling_batches_lose_nothing_and_keep_order(
 ) -> None:
     """Two tasks sending 1 KiB messages to one partition: every one arrives, in each's order."""
     topic = f"batches-{uuid.uuid4().hex[:10]}"
-    broker = KafkaBroker(kafka_bootstrap, idempotent=False, create_topics={topic: 1})
+    broker = KafkaBroker(
+        kafka_bootstrap,
+        idempotent=False,
+        create_topics={topic: 1},
+        client_options={"max_batch_size": 16_384},
+    )
     await broker.start()
     try:
         deliveries: list[Any] = []
